@@ -1,0 +1,62 @@
+# Two commands a newcomer needs (README): `make book` and `make test`. Both set everything up.
+# Everything runs from the project's own virtual environment in .venv, created on first use and
+# re-installed whenever requirements.txt or pyproject.toml changes.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+NOTEBOOKS := $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
+JB_FLAGS := -W -n --keep-going --all
+# one run of one notebook may take this long under nbval before it is a failure
+CELL_TIMEOUT := 600
+
+.PHONY: setup book test unit nbval html-stored execute lab clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (set PYTHON=...)")'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --progress-bar off -r requirements.txt
+	touch $(STAMP)
+
+## make book: execute every notebook from a fresh kernel and render the HTML into _build/html.
+book: setup
+	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	@echo "Open _build/html/index.html"
+
+## make test: unit tests of helpers/, nbval over every notebook, and a -W build from stored outputs.
+test: unit nbval html-stored
+
+unit: setup
+	$(BIN)/python -m pytest tests
+
+nbval: setup
+	$(BIN)/python -m pytest --nbval --nbval-current-env \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg \
+		--nbval-cell-timeout $(CELL_TIMEOUT) $(NOTEBOOKS)
+
+# The book rendered from the outputs stored in the notebooks (no execution): catches broken
+# cross-references, citations and math in seconds. Same _config.yml, execution turned off.
+html-stored: setup
+	@mkdir -p _build
+	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); \
+c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/config-stored.yml', 'w'))"
+	$(BIN)/jupyter-book build . --config _build/config-stored.yml --path-output _build/stored $(JB_FLAGS)
+
+## make execute: re-run every notebook in place (fresh kernel, top to bottom) to refresh its outputs.
+execute: setup
+	@for nb in $(NOTEBOOKS); do \
+		echo "executing $$nb"; \
+		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+			--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) --ExecutePreprocessor.record_timing=False \
+			"$$nb" || exit 1; \
+	done
+
+## make lab: open the chapters in JupyterLab.
+lab: setup
+	$(BIN)/jupyter lab chapters
+
+clean:
+	rm -rf _build

@@ -1,0 +1,88 @@
+"""Figures the chapters share, and training curves read back from TensorBoard event files.
+
+A static book cannot embed a live TensorBoard, so :func:`read_scalars` reads the same event files
+TensorBoard would show (written by :func:`helpers.training.train` with ``log_dir=...``) and
+:func:`plot_training_curves` draws them. A reader can still run ``tensorboard --logdir`` on them.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+#: Colours the chapters use for the same roles everywhere (colour-blind-safe, Okabe-Ito).
+COLORS = {"fp32": "#0072B2", "optimized": "#D55E00", "teacher": "#009E73", "student": "#CC79A7",
+          "baseline": "#0072B2", "other": "#E69F00", "grey": "#999999"}
+
+BOOK_STYLE = {
+    "figure.figsize": (6.4, 3.6),
+    "figure.dpi": 110,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "font.size": 10,
+    "legend.frameon": False,
+}
+
+
+def use_book_style() -> None:
+    """Apply the book's matplotlib settings (called by ``import helpers``)."""
+    plt.rcParams.update(BOOK_STYLE)
+
+
+def read_scalars(log_dir: str | os.PathLike) -> dict[str, tuple[list[int], list[float]]]:
+    """Every scalar series in the TensorBoard event files under ``log_dir``.
+
+    Returns ``{tag: (steps, values)}`` with steps ascending. Raises ``FileNotFoundError`` if
+    ``log_dir`` holds no event file.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    path = Path(log_dir)
+    if not path.is_dir() or not any(path.rglob("events.out.tfevents.*")):
+        raise FileNotFoundError(f"no TensorBoard event files under {str(log_dir)!r}")
+    scalars: dict[str, tuple[list[int], list[float]]] = {}
+    for run in sorted({p.parent for p in path.rglob("events.out.tfevents.*")}):
+        accumulator = EventAccumulator(str(run), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            events = sorted(accumulator.Scalars(tag), key=lambda e: e.step)
+            scalars[tag] = ([e.step for e in events], [e.value for e in events])
+    return scalars
+
+
+def plot_training_curves(log_dir: str | os.PathLike, title: str | None = None):
+    """Loss (per step and per epoch) and accuracy (per epoch) from a TensorBoard log directory.
+
+    Returns the matplotlib ``Figure``; the notebook shows it with ``plt.show()``.
+    """
+    scalars = read_scalars(log_dir)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    if "loss/train_step" in scalars:
+        steps, values = scalars["loss/train_step"]
+        ax_loss.plot(steps, values, color=COLORS["grey"], lw=0.8, label="train (per step)")
+    steps_per_epoch = None
+    if "loss/train_step" in scalars and "loss/train" in scalars:
+        steps_per_epoch = len(scalars["loss/train_step"][0]) / max(len(scalars["loss/train"][0]), 1)
+    for split, color in (("train", COLORS["fp32"]), ("val", COLORS["optimized"])):
+        for ax, metric in ((ax_loss, "loss"), (ax_acc, "accuracy")):
+            tag = f"{metric}/{split}"
+            if tag not in scalars:
+                continue
+            epochs, values = scalars[tag]
+            if ax is ax_loss and steps_per_epoch:
+                x = [e * steps_per_epoch for e in epochs]  # end of each epoch, in steps
+            else:
+                x = epochs
+            ax.plot(x, values, marker="o", color=color, label=f"{split} (per epoch)")
+    ax_loss.set(xlabel="optimizer step", ylabel="cross-entropy loss", yscale="log")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy")
+    ax_acc.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:.0%}"))
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig

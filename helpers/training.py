@@ -1,0 +1,204 @@
+"""Seeding, the training loop and evaluation shared by every chapter.
+
+``train`` is deliberately plain (one optimizer, cross-entropy by default, no tricks) so that a
+chapter's technique is the only thing that changes between two runs it compares. Hooks let the
+technique chapters reuse it: ``loss_fn`` (e.g. a distillation loss) and ``after_step`` (e.g. re-apply
+a pruning mask after every optimizer step).
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+OPTIMIZERS = ("adam", "sgd")
+
+#: Where the book writes TensorBoard runs: under _build/ (never committed), next to the HTML.
+RUNS_ROOT = Path(__file__).resolve().parents[1] / "_build" / "runs"
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and PyTorch, and ask PyTorch for deterministic kernels.
+
+    Together with :func:`helpers.data.make_loader` (which seeds its own shuffling) this makes a
+    training run repeatable on the same machine and thread count.
+    """
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def tensorboard_dir(name: str) -> Path:
+    """A fresh, empty TensorBoard log directory ``_build/runs/<name>`` for one training run.
+
+    Emptied first, so curves read back with :func:`helpers.plotting.read_scalars` come from this
+    run only. ``name`` may contain ``/`` (e.g. ``"background/baseline"``) but not ``..``.
+    """
+    if not name or ".." in Path(name).parts or Path(name).is_absolute():
+        raise ValueError(f"name must be a relative path without '..', got {name!r}")
+    path = RUNS_ROOT / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+    return path
+
+
+@dataclass
+class History:
+    """Per-epoch metrics of one :func:`train` run (validation lists stay empty without a loader)."""
+
+    train_loss: list[float] = field(default_factory=list)
+    train_accuracy: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    val_accuracy: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Accuracy (fraction in [0, 1]) and mean cross-entropy of a model on a data set."""
+
+    accuracy: float
+    loss: float
+
+    def __str__(self) -> str:
+        return f"accuracy {self.accuracy:.1%}, loss {self.loss:.3f}"
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> Evaluation:
+    """Accuracy and mean cross-entropy loss of ``model`` over ``loader``, in eval mode.
+
+    The model's train/eval mode is restored afterwards. Raises ``ValueError`` on an empty loader.
+    """
+    was_training = model.training
+    model.eval()
+    correct, loss_sum, count = 0, 0.0, 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == y).sum().item()
+        count += len(y)
+    model.train(was_training)
+    if count == 0:
+        raise ValueError("loader yielded no examples")
+    return Evaluation(accuracy=correct / count, loss=loss_sum / count)
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """Adam or SGD with momentum 0.9 over the parameters that require gradients."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+    if not lr > 0:
+        raise ValueError(f"lr must be positive, got {lr!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no parameters that require gradients")
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+
+
+def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: float = 1e-3,
+          optimizer: str | torch.optim.Optimizer = "adam", weight_decay: float = 0.0,
+          val_loader: DataLoader | None = None,
+          loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+          after_step: Callable[[nn.Module], None] | None = None,
+          log_dir: str | os.PathLike | None = None, quiet: bool = False) -> History:
+    """Train ``model`` in place for ``num_epochs`` and return its :class:`History`.
+
+    - ``optimizer``: ``"adam"`` or ``"sgd"`` (built with ``lr`` and ``weight_decay``), or a ready
+      ``torch.optim.Optimizer`` (then ``lr`` and ``weight_decay`` are ignored).
+    - ``loss_fn(logits, y, x)``: the loss to minimise; default cross-entropy on ``(logits, y)``.
+      ``x`` is passed so a distillation loss can run a teacher on the same batch.
+    - ``after_step(model)``: called after every optimizer step (e.g. to re-apply pruning masks).
+    - ``log_dir``: if given, TensorBoard scalars are written there: ``loss/train_step`` every step,
+      and ``loss/train``, ``accuracy/train`` (and ``loss/val``, ``accuracy/val``) every epoch.
+      :func:`helpers.plotting.read_scalars` reads them back.
+    - ``quiet``: hide the tqdm progress bar (the notebooks do, so their stored outputs are stable).
+
+    Training accuracy is measured on the fly (in train mode, while the weights move), as
+    frameworks usually report it; validation metrics come from :func:`evaluate`.
+    """
+    if not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
+    opt = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
+           else make_optimizer(model, optimizer, lr, weight_decay))
+    writer = None
+    if log_dir is not None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(log_dir))
+    history = History()
+    step = 0
+    model.train()
+    try:
+        for epoch in range(num_epochs):
+            loss_sum, correct, count = 0.0, 0, 0
+            batches = tqdm(train_loader, desc=f"epoch {epoch + 1}/{num_epochs}", disable=quiet,
+                           leave=False)
+            for x, y in batches:
+                logits = model(x)
+                loss = loss_fn(logits, y, x) if loss_fn is not None else F.cross_entropy(logits, y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                if after_step is not None:
+                    after_step(model)
+                loss_sum += loss.item() * len(y)
+                correct += (logits.argmax(dim=1) == y).sum().item()
+                count += len(y)
+                if writer is not None:
+                    writer.add_scalar("loss/train_step", loss.item(), step)
+                step += 1
+            history.train_loss.append(loss_sum / count)
+            history.train_accuracy.append(correct / count)
+            scalars = {"loss/train": history.train_loss[-1],
+                       "accuracy/train": history.train_accuracy[-1]}
+            if val_loader is not None:
+                result = evaluate(model, val_loader)
+                history.val_loss.append(result.loss)
+                history.val_accuracy.append(result.accuracy)
+                scalars.update({"loss/val": result.loss, "accuracy/val": result.accuracy})
+            if writer is not None:
+                for tag, value in scalars.items():
+                    writer.add_scalar(tag, value, epoch + 1)
+    finally:
+        if writer is not None:
+            writer.close()
+    return history
+
+
+#: The recipe of the book's baseline CNN (chapters/01_background.ipynb trains and measures it).
+BASELINE_EPOCHS = 8
+BASELINE_LR = 1e-3
+
+
+def train_baseline(train_loader: DataLoader, *, seed: int = 0, num_epochs: int = BASELINE_EPOCHS,
+                   lr: float = BASELINE_LR, val_loader: DataLoader | None = None,
+                   log_dir: str | os.PathLike | None = None) -> tuple[nn.Module, History]:
+    """The fp32 baseline every later chapter compresses: ``CNN()`` trained with Adam.
+
+    Seeds with ``seed`` before building the model, so the same loader state gives the same
+    weights. Takes a few seconds on two cores, which is why no checkpoint is cached.
+    """
+    from helpers.models import CNN
+
+    set_seed(seed)
+    model = CNN()
+    history = train(model, train_loader, num_epochs=num_epochs, lr=lr, val_loader=val_loader,
+                    log_dir=log_dir, quiet=True)
+    model.eval()
+    return model, history

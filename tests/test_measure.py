@@ -1,0 +1,117 @@
+"""helpers.measure: parameter counts, stored size, sparsity, latency statistics, the comparison table."""
+import io
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from helpers.data import load_mnist, make_loader
+from helpers.measure import (Latency, _percentile, compare, compile_for_inference, count_parameters,
+                             latencies, latency, machine_info, model_size_bytes, sparsity)
+from helpers.models import CNN
+
+
+def test_count_parameters_total_and_nonzero():
+    model = nn.Linear(10, 4)
+    assert count_parameters(model) == 44
+    with torch.no_grad():
+        model.weight[:2].zero_()
+        model.bias.zero_()
+    assert count_parameters(model, nonzero=True) == 20
+
+
+def test_model_size_tracks_the_fp32_bytes():
+    small, large = nn.Linear(100, 100), nn.Linear(1000, 100)
+    # 4 bytes per float32 parameter plus a small, fixed serialization overhead
+    for model in (small, large):
+        assert 4 * count_parameters(model) < model_size_bytes(model) < 4 * count_parameters(model) + 2000
+    buffer = io.BytesIO()
+    torch.save(large.state_dict(), buffer)
+    assert model_size_bytes(large) == len(buffer.getvalue())
+
+
+def test_sparsity_reads_masked_weights_and_a_pruning_mask_does_not_shrink_the_file():
+    model = CNN()
+    assert sparsity(model) == 0.0
+    dense_size = model_size_bytes(model)
+    prune.l1_unstructured(model.fc1, "weight", amount=0.5)
+    weights = sum(m.weight.numel() for m in (model.conv1, model.conv2, model.fc1))
+    assert sparsity(model) == pytest.approx(round(0.5 * model.fc1.weight.numel()) / weights)
+    assert model_size_bytes(model) > dense_size  # weight_orig + weight_mask: bigger, not smaller
+
+
+def test_sparsity_needs_a_layer():
+    with pytest.raises(ValueError, match="no Conv or Linear"):
+        sparsity(nn.ReLU())
+
+
+def test_percentile_interpolates():
+    assert _percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.5) == 3.0
+    assert _percentile([0.0, 10.0], 0.1) == pytest.approx(1.0)
+
+
+def test_latency_orders_a_cheap_and_an_expensive_model():
+    cheap, costly = nn.Linear(64, 64), nn.Sequential(*[nn.Linear(64, 64) for _ in range(60)])
+    x = torch.randn(8, 64)
+    result = latencies({"cheap": cheap, "costly": costly}, x, warmup=2, repeats=20, num_threads=1)
+    assert result["cheap"].median_ms < result["costly"].median_ms
+    for value in result.values():
+        assert value.p10_ms <= value.median_ms <= value.p90_ms
+        assert (value.batch_size, value.threads, value.repeats) == (8, 1, 20)
+    assert torch.get_num_threads() >= 1
+    single = latency(cheap, x, warmup=1, repeats=5)
+    assert isinstance(single, Latency) and "batch 8" in str(single)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"repeats": 2}, "repeats"), ({"warmup": -1}, "warmup")])
+def test_latency_rejects_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        latency(nn.Linear(2, 2), torch.zeros(1, 2), **kwargs)
+    with pytest.raises(ValueError, match="models"):
+        latencies({}, torch.zeros(1, 2))
+
+
+def test_latency_restores_thread_count():
+    before = torch.get_num_threads()
+    latency(nn.Linear(2, 2), torch.zeros(1, 2), repeats=5, num_threads=1)
+    assert torch.get_num_threads() == before
+
+
+def test_compile_for_inference_computes_the_same_function():
+    torch.manual_seed(0)
+    model = CNN(channels=(4, 8))
+    x = torch.randn(4, 1, 28, 28)
+    compiled = compile_for_inference(model, x)
+    with torch.inference_mode():
+        assert torch.allclose(compiled(x), model(x), atol=1e-4)
+
+
+def test_machine_info_names_what_latency_depends_on():
+    info = machine_info()
+    assert set(info) == {"cpu", "cores", "torch_threads", "torch", "python"}
+    assert info["cores"] >= 1 and info["torch"] == torch.__version__
+
+
+def test_compare_builds_one_row_per_model():
+    data = load_mnist()
+    loader = make_loader(data.test, 500)
+    models = {"a": CNN(), "b": CNN(channels=(4, 8))}
+    table = compare(models, loader, data.test.tensors[0][:1], repeats=5)
+    assert list(table.index) == ["a", "b"]
+    assert table.loc["a", "parameters"] == count_parameters(models["a"])
+    assert table.loc["b", "size_kb"] < table.loc["a", "size_kb"]
+    assert 0.0 <= table.loc["a", "accuracy"] <= 1.0
+
+
+def test_layer_costs_match_a_hand_count_for_the_source_cnn():
+    from helpers.measure import layer_costs
+
+    table = layer_costs(CNN(), torch.zeros(1, 1, 28, 28))
+    assert list(table.index) == ["conv1", "conv2", "fc1"]
+    assert table["macs"].tolist() == [28 * 28 * 16 * 1 * 9, 14 * 14 * 32 * 16 * 9, 32 * 7 * 7 * 10]
+    assert table["parameters"].tolist() == [160, 4640, 15690]
+    assert table["fp32_bytes"].sum() == 4 * 20490
+    assert table["param_share"].sum() == pytest.approx(1.0, abs=0.002)
+    with pytest.raises(ValueError, match="no Conv2d or Linear"):
+        layer_costs(nn.ReLU(), torch.zeros(1, 3))

@@ -1,0 +1,76 @@
+"""Hygiene of the committed notebooks and the table of contents (cheap, no execution).
+
+nbval checks that each notebook reproduces its stored outputs; these tests check that the stored
+outputs are worth reproducing: one fresh top-to-bottom run, no stored errors except in cells that
+must raise, no stderr (see conftest.py), and every TOC entry present.
+"""
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+def toc_files():
+    def walk(entries):
+        for entry in entries:
+            if "file" in entry:
+                yield entry["file"]
+            yield from walk(entry.get("sections", []))
+            yield from walk(entry.get("chapters", []))
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    yield toc["root"]
+    for part in toc.get("parts", []):
+        yield from walk(part["chapters"])
+
+
+def test_every_toc_entry_exists_exactly_once():
+    for name in toc_files():
+        found = [p for p in (ROOT / name).parent.glob(Path(name).name + ".*")
+                 if p.suffix in {".md", ".ipynb"}]
+        assert len(found) == 1, f"{name}: expected one .md or .ipynb, found {found}"
+
+
+def test_every_notebook_is_in_the_toc():
+    listed = {str(Path(f)) for f in toc_files()}
+    for nb in NOTEBOOKS:
+        assert str(nb.relative_to(ROOT).with_suffix("")) in listed, f"{nb} is not in _toc.yml"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_stored_outputs_are_one_clean_fresh_run(path):
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    counts = [c["execution_count"] for c in code]
+    assert counts == list(range(1, len(code) + 1)), f"execution counts {counts} are not 1..n"
+    for index, cell in enumerate(code, start=1):
+        tags = cell.get("metadata", {}).get("tags", [])
+        source = "".join(cell["source"])
+        raises = "raises-exception" in tags
+        assert raises == ("NBVAL_RAISES_EXCEPTION" in source), (
+            f"code cell {index}: use both the raises-exception tag and # NBVAL_RAISES_EXCEPTION")
+        errors = [o for o in cell["outputs"] if o["output_type"] == "error"]
+        assert bool(errors) == raises, f"code cell {index}: stored error without the tag, or a " \
+                                       "cell that must raise did not"
+        for out in cell["outputs"]:
+            assert out.get("name") != "stderr", f"code cell {index} stores stderr: {out.get('text')!r:.200}"
+            text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+            assert not re.search(r"/root/|/home/\w+/|/tmp/|site-packages/", text), \
+                f"code cell {index} output shows a path of this machine"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_notebook_follows_the_house_layout(path):
+    nb = json.loads(path.read_text())
+    markdown = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "markdown")
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    assert nb["cells"][0]["cell_type"] == "markdown" and nb["cells"][0]["source"][0].startswith("# ")
+    for heading in ("What you will learn", "Prerequisites", "Summary", "Exercises"):
+        assert heading in markdown, f"missing section {heading!r} (STYLE.md)"
+    assert "!pip" not in code and "%pip" not in code, "never install from inside a chapter"
+    assert "import *" not in code
+    assert "filterwarnings(\"ignore\")" not in code and "filterwarnings('ignore')" not in code

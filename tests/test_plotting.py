@@ -1,0 +1,48 @@
+"""helpers.plotting: TensorBoard read-back and the shared figures."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import pytest  # noqa: E402
+from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+
+from helpers.plotting import BOOK_STYLE, plot_training_curves, read_scalars, use_book_style  # noqa: E402
+
+
+def write_run(path):
+    with SummaryWriter(log_dir=str(path)) as writer:
+        for step in range(6):
+            writer.add_scalar("loss/train_step", 1.0 / (step + 1), step)
+        for epoch in (1, 2):
+            writer.add_scalar("loss/train", 0.5 / epoch, epoch)
+            writer.add_scalar("accuracy/train", 0.8 + 0.05 * epoch, epoch)
+            writer.add_scalar("accuracy/val", 0.7 + 0.1 * epoch, epoch)
+
+
+def test_read_scalars_round_trips_what_was_written(tmp_path):
+    write_run(tmp_path)
+    scalars = read_scalars(tmp_path)
+    steps, values = scalars["loss/train_step"]
+    assert steps == list(range(6)) and values == pytest.approx([1.0 / (s + 1) for s in range(6)])
+    assert scalars["accuracy/val"] == ([1, 2], pytest.approx([0.8, 0.9]))
+
+
+def test_read_scalars_without_events_raises(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no TensorBoard event files"):
+        read_scalars(tmp_path)
+
+
+def test_plot_training_curves_draws_every_series(tmp_path):
+    write_run(tmp_path)
+    fig = plot_training_curves(tmp_path, title="run")
+    loss_ax, acc_ax = fig.axes
+    assert len(loss_ax.lines) == 2  # per-step and per-epoch train loss
+    assert len(acc_ax.lines) == 2  # train and val accuracy
+    # per-epoch losses are placed at the end of their epoch, in optimizer steps
+    assert list(loss_ax.lines[1].get_xdata()) == [3.0, 6.0]
+
+
+def test_use_book_style_sets_rcparams():
+    matplotlib.rcParams["axes.grid"] = False
+    use_book_style()
+    assert all(matplotlib.rcParams[k] == v for k, v in BOOK_STYLE.items() if k != "figure.figsize")

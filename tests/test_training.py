@@ -1,0 +1,158 @@
+"""helpers.training: seeding, the training loop and its hooks, evaluation, the baseline recipe."""
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from helpers.data import make_loader
+from helpers.models import MLP
+from helpers.plotting import read_scalars
+from helpers.training import (Evaluation, evaluate, make_optimizer, set_seed, train,
+                              train_baseline)
+
+
+def blobs(n=200, seed=0):
+    """Two well-separated Gaussian blobs in 2-D: learnable to ~100% in a few epochs."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    x = torch.randn(n, 2, generator=g) * 0.5 + (y[:, None] * 2 - 1) * 2.0
+    return TensorDataset(x, y)
+
+
+def tiny():
+    return MLP((8,), num_classes=2, in_features=2)
+
+
+def test_set_seed_makes_runs_repeatable():
+    set_seed(3)
+    a = torch.randn(5)
+    set_seed(3)
+    assert torch.equal(a, torch.randn(5))
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_set_seed_rejects_bad_seed(seed):
+    with pytest.raises(ValueError, match="seed"):
+        set_seed(seed)
+
+
+def test_train_learns_and_records_history():
+    set_seed(0)
+    model = tiny()
+    loader = make_loader(blobs(), 32, shuffle=True)
+    history = train(model, loader, num_epochs=5, lr=0.05, val_loader=make_loader(blobs(seed=1), 50),
+                    quiet=True)
+    assert len(history.train_loss) == 5 and len(history.val_accuracy) == 5
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert history.val_accuracy[-1] > 0.95
+
+
+def test_train_is_deterministic_given_seed():
+    def run():
+        set_seed(1)
+        model = tiny()
+        train(model, make_loader(blobs(), 32, shuffle=True, seed=1), num_epochs=2, quiet=True)
+        return torch.cat([p.flatten() for p in model.parameters()])
+    assert torch.equal(run(), run())
+
+
+def test_train_hooks_loss_fn_and_after_step_are_used():
+    set_seed(0)
+    model = tiny()
+    calls = {"loss": 0, "after": 0}
+
+    def loss_fn(logits, y, x):
+        calls["loss"] += 1
+        assert x.shape[1] == 2
+        return nn.functional.cross_entropy(logits, y)
+
+    def after_step(m):
+        calls["after"] += 1
+        with torch.no_grad():
+            m.layers[1].weight[0].zero_()  # a "mask" that must stay applied
+
+    train(model, make_loader(blobs(), 50), num_epochs=2, loss_fn=loss_fn, after_step=after_step,
+          quiet=True)
+    assert calls == {"loss": 8, "after": 8}
+    assert torch.count_nonzero(model.layers[1].weight[0]) == 0
+
+
+def test_train_accepts_a_ready_optimizer_and_only_trains_what_requires_grad():
+    set_seed(0)
+    model = tiny()
+    first = model.layers[1]
+    first.weight.requires_grad_(False)
+    frozen = first.weight.clone()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    train(model, make_loader(blobs(), 50), num_epochs=1, optimizer=opt, quiet=True)
+    assert torch.equal(first.weight, frozen)
+
+
+def test_train_writes_tensorboard_scalars(tmp_path):
+    set_seed(0)
+    train(tiny(), make_loader(blobs(), 50), num_epochs=3, val_loader=make_loader(blobs(), 100),
+          log_dir=tmp_path, quiet=True)
+    scalars = read_scalars(tmp_path)
+    assert set(scalars) == {"loss/train_step", "loss/train", "accuracy/train", "loss/val",
+                            "accuracy/val"}
+    assert scalars["loss/train_step"][0] == list(range(12))
+    assert scalars["accuracy/val"][0] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kwargs, name", [({"num_epochs": 0}, "num_epochs"),
+                                          ({"num_epochs": 2.0}, "num_epochs"),
+                                          ({"num_epochs": 1, "lr": 0.0}, "lr"),
+                                          ({"num_epochs": 1, "optimizer": "lbfgs"}, "optimizer")])
+def test_train_rejects_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        train(tiny(), make_loader(blobs(), 50), quiet=True, **kwargs)
+
+
+def test_make_optimizer_rejects_a_fully_frozen_model():
+    model = tiny()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameters that require gradients"):
+        make_optimizer(model, "adam", 1e-3)
+
+
+def test_evaluate_matches_a_hand_count_and_restores_mode():
+    model = tiny()
+    data = blobs(n=60)
+    model.train()
+    result = evaluate(model, make_loader(data, 7))
+    with torch.no_grad():
+        logits = model(data.tensors[0])
+    expected_acc = (logits.argmax(1) == data.tensors[1]).float().mean().item()
+    expected_loss = nn.functional.cross_entropy(logits, data.tensors[1]).item()
+    assert result.accuracy == pytest.approx(expected_acc)
+    assert result.loss == pytest.approx(expected_loss, rel=1e-5)
+    assert model.training
+    assert str(Evaluation(0.9512, 0.1234)) == "accuracy 95.1%, loss 0.123"
+
+
+def test_evaluate_rejects_an_empty_loader():
+    with pytest.raises(ValueError, match="no examples"):
+        evaluate(tiny(), make_loader(TensorDataset(torch.zeros(0, 2), torch.zeros(0).long()), 4))
+
+
+def test_train_baseline_reaches_the_books_accuracy():
+    from helpers.data import load_mnist
+
+    data = load_mnist()
+    model, history = train_baseline(make_loader(data.train, 64, shuffle=True), num_epochs=2)
+    assert not model.training and len(history.train_loss) == 2
+    assert evaluate(model, make_loader(data.test, 1000)).accuracy > 0.9
+
+
+def test_tensorboard_dir_is_fresh_and_under_build(tmp_path, monkeypatch):
+    import helpers.training as training
+
+    monkeypatch.setattr(training, "RUNS_ROOT", tmp_path / "runs")
+    first = training.tensorboard_dir("chapter/run")
+    (first / "old.txt").write_text("stale")
+    again = training.tensorboard_dir("chapter/run")
+    assert again == tmp_path / "runs" / "chapter" / "run" and list(again.iterdir()) == []
+    for bad in ("", "../escape", "/abs"):
+        with pytest.raises(ValueError, match="name"):
+            training.tensorboard_dir(bad)
