@@ -7,7 +7,7 @@ compares them with ``torch.nn.utils.prune`` and Torch-Pruning. Three ideas, thre
   algorithm chapter): :func:`magnitude_mask` (one tensor), :func:`layerwise_magnitude_prune` (the same
   fraction in every layer), :func:`global_magnitude_prune` (one threshold for all layers, Han et al.
   2015), :func:`apply_masks` (keep pruned weights at zero while fine-tuning) and the gradual schedule
-  of Zhu & Gupta (2017), :func:`gradual_sparsity` (Eq. (p.3)).
+  of Zhu & Gupta (2017), :func:`gradual_sparsity` (Eq. (p.3)) and :class:`GradualPruner`.
 - **Structured pruning** removes whole output channels (filters) or neurons and rebuilds smaller dense
   layers: :func:`channel_l1_norms` (the criterion of Li et al. 2017) and :func:`prune_channels`.
 - **Storage**: a mask on a dense tensor saves nothing; a sparse *format* does.
@@ -185,6 +185,97 @@ def gradual_sparsity(step: int, *, final_sparsity: float, begin_step: int, end_s
     t = begin_step + (step - begin_step) // frequency * frequency
     progress = (t - begin_step) / (end_step - begin_step)
     return float(final_sparsity + (initial_sparsity - final_sparsity) * (1.0 - progress) ** 3)
+
+
+class GradualPruner:
+    """An ``after_step`` hook for :func:`helpers.train` that prunes along :func:`gradual_sparsity`.
+
+    Counts optimizer steps; on each pruning step (every ``frequency`` steps from ``begin_step`` to
+    ``end_step``) it re-computes global magnitude masks at the scheduled sparsity (weights already at
+    zero are the smallest, so the masks only grow), and on every other step re-applies the current
+    masks so pruned weights stay zero. ``masks`` holds the current masks, ``history`` the
+    ``(step, sparsity)`` pairs at which it pruned. Use ``scope="layer"`` for one fraction per tensor.
+    """
+
+    def __init__(self, *, final_sparsity: float, begin_step: int, end_step: int,
+                 initial_sparsity: float = 0.0, frequency: int = 1, names=None, scope: str = "global"):
+        if scope not in ("global", "layer"):
+            raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
+        self.schedule = dict(final_sparsity=final_sparsity, begin_step=begin_step, end_step=end_step,
+                             initial_sparsity=initial_sparsity, frequency=frequency)
+        gradual_sparsity(begin_step, **self.schedule)  # validate the schedule now, not mid-training
+        self.names, self.scope = names, scope
+        self.step, self.masks, self.history = 0, None, []
+        self._current = None
+
+    def __call__(self, model: nn.Module) -> None:
+        target = gradual_sparsity(self.step, **self.schedule)
+        if target != self._current and self.step >= self.schedule["begin_step"]:
+            prune = global_magnitude_prune if self.scope == "global" else layerwise_magnitude_prune
+            self.masks = prune(model, target, self.names)
+            self._current = target
+            self.history.append((self.step, target))
+        elif self.masks is not None:
+            apply_masks(model, self.masks)
+        self.step += 1
+
+
+def lottery_ticket(make_model, fit, *, rounds: int, amount: float, amounts=None, seed: int = 0):
+    """Iterative magnitude pruning with rewinding (Frankle & Carbin 2019) and its random re-init control.
+
+    - ``make_model(seed)`` builds a fresh model whose initial weights depend only on ``seed``.
+    - ``fit(model, masks)`` trains ``model`` in place keeping ``masks`` applied (e.g. with
+      ``after_step=lambda m: apply_masks(m, masks)``) and returns its test accuracy.
+
+    Round 0 trains the dense network from ``make_model(seed)``. Each later round removes ``amount``
+    of the weights still alive in every prunable tensor (``amounts`` overrides it per tensor name,
+    e.g. half the rate for the output layer as in the paper), judged by their magnitude after the
+    previous round's training; the survivors are *rewound* to their initial values from
+    ``make_model(seed)`` and trained again (the "ticket"). The control trains the same mask from a
+    new random initialisation, ``make_model(seed + 1000 + round)``. Returns a list of dicts with
+    ``round``, ``remaining`` (fraction of prunable weights alive), ``ticket`` and ``reinit``
+    accuracies (``reinit`` is ``None`` in round 0).
+    """
+    if not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    _count_to_prune(amount, 1)  # validates amount as a fraction in [0, 1)
+    amounts = dict(amounts or {})
+    model = make_model(seed)
+    names = list(prunable_weights(model))
+    unknown = set(amounts) - set(names)
+    if unknown:
+        raise ValueError(f"amounts names {sorted(unknown)}, which are not prunable weights {names}")
+    masks = {n: torch.ones_like(w, dtype=torch.bool) for n, w in prunable_weights(model).items()}
+    total = sum(m.numel() for m in masks.values())
+    rows = []
+    for round_ in range(rounds + 1):
+        ticket = make_model(seed)
+        apply_masks(ticket, masks)
+        ticket_accuracy = fit(ticket, masks)
+        reinit_accuracy = None
+        if round_ > 0:
+            control = make_model(seed + 1000 + round_)
+            apply_masks(control, masks)
+            reinit_accuracy = fit(control, masks)
+        rows.append({"round": round_, "remaining": sum(int(m.sum()) for m in masks.values()) / total,
+                     "ticket": ticket_accuracy, "reinit": reinit_accuracy})
+        if round_ == rounds:
+            break
+        trained = prunable_weights(ticket)
+        for name, mask in masks.items():
+            alive = int(mask.sum())
+            k = round(amounts.get(name, amount) * alive)
+            if k >= alive:
+                raise ValueError(f"amount would prune every remaining weight of {name!r}")
+            # rank only the surviving weights: pruned ones get a score below any magnitude
+            scores = torch.where(mask, trained[name].detach().abs(), torch.full_like(mask, -1.0, dtype=torch.float32))
+            new_mask = mask.clone().reshape(-1)
+            if k:
+                alive_index = torch.nonzero(mask.reshape(-1)).squeeze(1)
+                order = torch.argsort(scores.reshape(-1)[alive_index], stable=True)
+                new_mask[alive_index[order[:k]]] = False
+            masks[name] = new_mask.view_as(mask)
+    return rows
 
 
 def sparsity_report(model: nn.Module, names=None):

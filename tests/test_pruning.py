@@ -246,3 +246,53 @@ def test_csr_size_agrees_with_torch_sparse_csr_layout():
     assert torch.equal(encoded["0.weight::col_indices"].long(), csr.col_indices())
     with pytest.raises(ValueError, match="format must be one of"):
         sparse_state_dict(layer, "coo")
+
+
+def test_gradual_pruner_reaches_the_final_sparsity_on_schedule():
+    from helpers.pruning import GradualPruner
+    model = seeded_cnn(8)
+    pruner = GradualPruner(final_sparsity=0.8, begin_step=2, end_step=10, frequency=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    for _ in range(12):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        pruner(model)
+    assert [s for s, _ in pruner.history] == [2, 6, 10]
+    assert [round(v, 4) for _, v in pruner.history] == [0.0, round(0.8 - 0.8 * 0.5 ** 3, 4), 0.8]
+    assert sparsity_report(model).loc["total", "sparsity"] == pytest.approx(0.8, abs=1e-4)
+    with pytest.raises(ValueError, match="end_step"):
+        GradualPruner(final_sparsity=0.5, begin_step=5, end_step=5)
+
+
+def test_lottery_ticket_rewinds_survivors_to_their_initial_values():
+    from helpers.pruning import lottery_ticket
+    seen = []
+
+    def make_model(seed):
+        torch.manual_seed(seed)
+        return MLP((12,), in_features=6, num_classes=3)
+
+    def fit(model, masks):
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        with torch.no_grad():  # "training": move every surviving weight, then keep the mask
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        apply_masks(model, masks)
+        return 0.5
+
+    rows = lottery_ticket(make_model, fit, rounds=2, amount=0.5, amounts={"layers.3.weight": 0.25})
+    assert [r["round"] for r in rows] == [0, 1, 2] and rows[0]["reinit"] is None
+    first, second = prunable_weights(make_model(0)), seen[1]  # seen[1] is the round-1 ticket
+    kept = second["layers.1.weight"] != 0
+    assert int(kept.sum()) == 36  # half of 72
+    assert torch.equal(second["layers.1.weight"][kept], first["layers.1.weight"][kept])
+    assert int((second["layers.3.weight"] != 0).sum()) == 27  # 36 minus a quarter
+    assert rows[2]["remaining"] == pytest.approx((18 + 20) / 108)
+    # the control has the same mask but different values
+    assert torch.equal(seen[2]["layers.1.weight"] != 0, kept)
+    assert not torch.equal(seen[2]["layers.1.weight"][kept], first["layers.1.weight"][kept])
+    with pytest.raises(ValueError, match="amounts names"):
+        lottery_ticket(make_model, fit, rounds=1, amount=0.5, amounts={"fc9.weight": 0.1})
