@@ -11,7 +11,7 @@ JB_FLAGS := -W -n --keep-going --all
 # one run of one notebook may take this long under nbval before it is a failure
 CELL_TIMEOUT := 600
 
-.PHONY: setup book test unit nbval html-stored execute lab clean
+.PHONY: setup book test unit nbval html-stored check-html execute lab clean
 
 setup: $(STAMP)
 
@@ -26,11 +26,13 @@ book: setup
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "Open _build/html/index.html"
 
-## make test: unit tests of helpers/, nbval over every notebook, and a -W build from stored outputs.
-test: unit nbval html-stored
+## make test: unit tests of helpers/, nbval over every notebook, a -W build from stored outputs,
+## and that build opened page by page in headless Chromium.
+test: unit nbval html-stored check-html
 
+# tests/browser/ needs the rendered book and Chromium: check-html runs it.
 unit: setup
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests --ignore=tests/browser
 
 nbval: setup
 	$(BIN)/python -m pytest --nbval --nbval-current-env \
@@ -44,6 +46,23 @@ html-stored: setup
 	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); \
 c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/config-stored.yml', 'w'))"
 	$(BIN)/jupyter-book build . --config _build/config-stored.yml --path-output _build/stored $(JB_FLAGS)
+
+# Every page of the html-stored build opened in headless Chromium, as a reader sees it (console
+# errors, equations typeset by MathJax, images and alt text, links, nothing wider than the page,
+# launch and repository buttons); a screenshot of each page goes to _build/screenshots/.
+# Chromium is Debian's package, driven by Playwright's Python package (never `playwright install`).
+CHROMIUM ?= /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+check-html: html-stored $(CHROMIUM)
+	rm -rf _build/screenshots
+	BOOK_HTML=_build/stored/_build/html BOOK_SCREENSHOTS=_build/screenshots CHROMIUM=$(CHROMIUM) \
+		$(BIN)/python -m pytest tests/browser
+
+$(CHROMIUM):
+	@command -v apt-get >/dev/null || { echo "Install Chromium, or set CHROMIUM=/path/to/chromium"; exit 1; }
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 ## make execute: re-run every notebook in place (fresh kernel, top to bottom) to refresh its outputs.
 execute: setup

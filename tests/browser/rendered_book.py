@@ -1,0 +1,420 @@
+"""The rendered book checked the way a reader sees it: every page opened in headless Chromium.
+
+Used by ``test_rendered_book.py`` (on the book built from the stored notebook outputs by
+``make html-stored``) and by ``test_checker.py`` (on small broken and healthy pages made on the
+spot, which shows that each check can fail). Nothing here knows about one particular chapter.
+
+What one page must pass (``check_page``):
+
+- it loads (HTTP 200) with no console error, no uncaught exception, no failed request, and no
+  request leaving this machine: the book is read offline, so everything it needs is in the build
+  (the server sees only 127.0.0.1; any other host is refused and reported);
+- MathJax typeset every equation: each ``.math`` element Sphinx wrote holds an ``mjx-container``,
+  MathJax reported no TeX error (``mjx-merror``), and no raw TeX (``$$``, ``\\begin{``, ``\\(`` ...)
+  is left in the visible text outside code;
+- every ``<img>`` loaded (``naturalWidth > 0``) and has alt text that describes it: present,
+  non-empty, and not just the image's file name (what myst-nb writes when a notebook cell gives none);
+- every link inside the book resolves: HTTP 200 from the local server and, for ``page#anchor``,
+  an element with that id on the target page;
+- nothing is wider than the page: the page does not scroll sideways, no element sticks out of the
+  article column, and no code cell, output or table inside it needs a horizontal scrollbar;
+- launch (Binder, Colab) and repository buttons point at this page's source file in the
+  repository on the configured branch (``expected_links``).
+
+A screenshot of the whole page is saved for a person to look at.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.server
+import os
+import re
+import sys
+import threading
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+# Flags that make Chromium work on a machine without internet and without a display. Without the
+# background-networking ones it tries to reach update and sync services and logs refused connections.
+# Playwright adds --headless itself and gives each launch a fresh temporary --user-data-dir.
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+# A laptop-sized window: the layout a reader gets with the sidebar and the page's table of contents.
+VIEWPORT = {"width": 1280, "height": 900}
+# Bounded but generous: the machine may be busy. Milliseconds.
+TIMEOUT_MS = int(os.environ.get("BROWSER_TIMEOUT_MS", "60000"))
+LOCAL_HOSTS = {"127.0.0.1"}
+
+
+# ---------------------------------------------------------------------------------------------
+# A loopback web server for one folder, so pages behave as deployed (not file://).
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # The browser drops connections it no longer needs (a tab closed mid-transfer): not a failure.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
+@contextlib.contextmanager
+def serve(directory: Path):
+    """Serve ``directory`` on 127.0.0.1 at an ephemeral port; yields the base URL (ends in /)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"directory must be an existing folder, got {str(directory)!r}")
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = _Server(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chromium through Playwright's Python package, using Debian's chromium (never `playwright install`).
+
+@contextlib.contextmanager
+def open_browser():
+    """Yields a Playwright browser context: headless Debian Chromium, fresh profile, book viewport."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).is_file():
+        raise FileNotFoundError(
+            f"Chromium not found at {CHROMIUM} (set CHROMIUM=...); `make check-html` installs "
+            "Debian's chromium package when it is missing")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
+        try:
+            context = browser.new_context(viewport=VIEWPORT, service_workers="block")
+            context.set_default_timeout(TIMEOUT_MS)
+            context.set_default_navigation_timeout(TIMEOUT_MS)
+            yield context
+        finally:
+            browser.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Links inside the book: fetched once each from the local server.
+
+class _IdCollector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key == "id" or (tag == "a" and key == "name"):
+                self.ids.add(value or "")
+
+
+@dataclass
+class LinkChecker:
+    """Fetches internal URLs (cached) and says what is wrong with one, or None."""
+    timeout_s: float = TIMEOUT_MS / 1000
+    _status: dict = field(default_factory=dict)
+    _ids: dict = field(default_factory=dict)
+
+    def _fetch(self, url: str) -> None:
+        if url in self._status:
+            return
+        try:
+            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
+                self._status[url] = response.status
+                kind = response.headers.get_content_type()
+                body = response.read() if kind == "text/html" else b""
+        except urllib.error.HTTPError as error:
+            self._status[url] = error.code
+            return
+        except OSError as error:
+            self._status[url] = f"unreachable ({error})"
+            return
+        collector = _IdCollector()
+        collector.feed(body.decode("utf-8", errors="replace"))
+        self._ids[url] = collector.ids
+
+    def problem(self, href: str) -> str | None:
+        url, _, fragment = href.partition("#")
+        self._fetch(url)
+        status = self._status[url]
+        if status != 200:
+            return f"HTTP {status}"
+        fragment = urllib.parse.unquote(fragment)
+        if fragment and url in self._ids and fragment not in self._ids[url]:
+            return f"no element with id {fragment!r} on the target page"
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# One page.
+
+# Raw TeX that MathJax should have replaced. Looked for in visible text outside code, pre and
+# MathJax's own output: display delimiters, environments, the inline delimiters Sphinx writes,
+# and a $...$ pair holding a TeX command.
+RAW_TEX = re.compile(r"\$\$|\\begin\{|\\end\{|\\\(|\\\)|\\\[|\\\]|\$[^$\n]*\\[A-Za-z]+[^$\n]*\$")
+
+_PAGE_FACTS_JS = r"""
+async (waitMs) => {
+  // Waits are bounded: a promise that never settles is reported, not waited on forever.
+  const timeout = () => new Promise(done => setTimeout(() => done("timeout"), waitMs));
+  // Let MathJax finish: it loads deferred and typesets after the page is ready.
+  let mathjax = "absent";
+  if (window.MathJax && window.MathJax.startup && window.MathJax.startup.promise) {
+    mathjax = await Promise.race([window.MathJax.startup.promise.then(() => "typeset"), timeout()]);
+  }
+  // Let every image settle (loaded or failed).
+  const images = Array.from(document.images);
+  const settled = await Promise.race([Promise.all(images.map(img => img.complete ? null :
+    new Promise(done => { img.addEventListener("load", done); img.addEventListener("error", done); }))),
+    timeout()]);
+  const imagesTimedOut = settled === "timeout";
+
+  const describe = el => {
+    let s = el.tagName.toLowerCase();
+    if (el.id) s += "#" + el.id;
+    if (typeof el.className === "string" && el.className.trim())
+      s += "." + el.className.trim().split(/\s+/).slice(0, 3).join(".");
+    const text = (el.innerText || el.textContent || "").trim().replace(/\s+/g, " ");
+    return text ? `${s} "${Array.from(text).slice(0, 60).join("")}"` : s;  // whole characters
+  };
+
+  // Math: every element Sphinx marked as math must hold MathJax output.
+  const mathElements = Array.from(document.querySelectorAll(".math"));
+  const untypeset = mathElements.filter(el => !el.querySelector("mjx-container"))
+    .map(el => (el.textContent || "").trim().slice(0, 80));
+  const mathErrors = Array.from(document.querySelectorAll("mjx-merror"))
+    .map(el => el.getAttribute("data-mjx-error") || (el.textContent || "").slice(0, 80));
+
+  // Visible text outside code and MathJax output (for raw TeX).
+  const skip = "script, style, pre, code, textarea, mjx-container, mjx-assistive-mml, noscript, template";
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  const texts = [];
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    const parent = node.parentElement;
+    if (!parent || parent.closest(skip)) continue;
+    if (!parent.checkVisibility()) continue;
+    texts.push(node.textContent);
+  }
+
+  // Width: the page must not scroll sideways; nothing in the article may stick out of it or need
+  // its own horizontal scrollbar.
+  const root = document.documentElement;
+  const article = document.querySelector("article.bd-article") || document.querySelector("article")
+    || document.querySelector("main") || document.body;
+  const box = article.getBoundingClientRect();
+  const tooWide = [];
+  for (const el of article.querySelectorAll("*")) {
+    if (!el.checkVisibility()) continue;
+    const style = getComputedStyle(el);
+    const scrolls = ["auto", "scroll"].includes(style.overflowX);
+    if (scrolls && el.scrollWidth > el.clientWidth + 1) {
+      tooWide.push(`${describe(el)} needs a horizontal scrollbar (content ${el.scrollWidth}px in ${el.clientWidth}px)`);
+      continue;
+    }
+    // an element inside a box that clips or scrolls is that box's business, reported above
+    let clipped = false;
+    for (let a = el.parentElement; a && a !== article; a = a.parentElement) {
+      if (getComputedStyle(a).overflowX !== "visible") { clipped = true; break; }
+    }
+    if (clipped) continue;
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && (r.right > box.right + 2 || r.left < box.left - 2))
+      tooWide.push(`${describe(el)} sticks out of the article column (${Math.round(r.left)}..${Math.round(r.right)}px vs ${Math.round(box.left)}..${Math.round(box.right)}px)`);
+  }
+
+  return {
+    title: document.title,
+    mathjax,
+    imagesTimedOut,
+    mathCount: mathElements.length,
+    mjxCount: document.querySelectorAll("mjx-container").length,
+    untypeset,
+    mathErrors,
+    visibleText: texts.join(" "),
+    pageScrollWidth: root.scrollWidth,
+    viewportWidth: root.clientWidth,
+    tooWide,
+    images: images.map(img => ({
+      src: img.getAttribute("src") || "", url: img.currentSrc || img.src,
+      alt: img.getAttribute("alt"), complete: img.complete, naturalWidth: img.naturalWidth,
+    })),
+    links: Array.from(document.querySelectorAll("a[href]")).map(a => ({
+      href: a.href, raw: a.getAttribute("href"), text: (a.textContent || "").trim().slice(0, 60),
+      button: !!a.closest(".article-header-buttons, .header-article-items, .bd-header-article"),
+    })),
+  };
+}
+"""
+
+
+@dataclass
+class PageReport:
+    url: str
+    problems: list[str]
+    facts: dict
+
+
+def _alt_problem(img: dict) -> str | None:
+    alt = img["alt"]
+    if alt is None:
+        return "has no alt attribute"
+    if not alt.strip():
+        return "has empty alt text"
+    name = Path(urllib.parse.urlparse(img["src"]).path).name
+    if Path(alt.strip()).name == name or re.fullmatch(r"\S+\.(png|jpe?g|gif|svg|webp)", alt.strip()):
+        return f"has its file name as alt text ({alt!r}): describe the figure instead"
+    return None
+
+
+def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = None,
+               expected_links: dict | None = None) -> PageReport:
+    """Open ``url`` in a new tab of ``context`` and return every problem found on it.
+
+    ``expected_links`` (optional) says where this page's buttons must point:
+    ``{"source": "chapters/x.ipynb", "repository": "https://github.com/o/r", "branch": "main",
+    "binder": "https://mybinder.org", "colab": "https://colab.research.google.com",
+    "launch": True}`` (``launch``: whether Binder/Colab buttons must be there, i.e. a notebook).
+    """
+    problems: list[str] = []
+    page = context.new_page()
+    base = urllib.parse.urlparse(url)
+
+    def on_console(msg):
+        if msg.type == "error":
+            where = msg.location.get("url", "") if msg.location else ""
+            problems.append(f"console error: {msg.text}" + (f" (at {where})" if where else ""))
+
+    def on_request_failed(request):
+        if urllib.parse.urlparse(request.url).hostname in LOCAL_HOSTS:
+            problems.append(f"request failed: {request.url} ({request.failure})")
+
+    def on_response(response):
+        if response.status >= 400:
+            problems.append(f"HTTP {response.status} for {response.url}")
+
+    def route(route_):
+        host = urllib.parse.urlparse(route_.request.url).hostname
+        if host in LOCAL_HOSTS or route_.request.url.startswith(("data:", "blob:")):
+            route_.continue_()
+        else:
+            problems.append(f"requests an outside resource (the book must work offline): {route_.request.url}")
+            route_.abort("blockedbyclient")
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: problems.append(f"uncaught exception: {error}"))
+    page.on("requestfailed", on_request_failed)
+    page.on("response", on_response)
+    page.route("**/*", route)
+    try:
+        response = page.goto(url, wait_until="load")
+        if response is None or response.status != 200:
+            problems.append(f"page itself: HTTP {response.status if response else 'no response'}")
+        facts = page.evaluate(_PAGE_FACTS_JS, TIMEOUT_MS // 2)
+        if screenshot is not None:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+    finally:
+        page.close()
+
+    # math
+    if facts["mathjax"] == "timeout":
+        problems.append(f"MathJax did not finish typesetting within {TIMEOUT_MS // 2000} s")
+    elif facts["mathCount"] and facts["mathjax"] != "typeset":
+        problems.append(f"{facts['mathCount']} math elements but MathJax did not load")
+    if facts["imagesTimedOut"]:
+        problems.append(f"images still loading after {TIMEOUT_MS // 2000} s")
+    for tex in facts["untypeset"]:
+        problems.append(f"equation not typeset by MathJax: {tex!r}")
+    for error in facts["mathErrors"]:
+        problems.append(f"MathJax error: {error}")
+    for match in RAW_TEX.finditer(facts["visibleText"]):
+        start = max(0, match.start() - 30)
+        problems.append(f"raw TeX left in the visible text: {facts['visibleText'][start:match.end() + 30]!r}")
+
+    # images
+    for img in facts["images"]:
+        if not img["complete"] or img["naturalWidth"] == 0:
+            problems.append(f"image did not load: {img['src']}")
+        alt = _alt_problem(img)
+        if alt:
+            problems.append(f"image {img['src']} {alt}")
+
+    # links inside the book
+    seen = set()
+    for link in facts["links"]:
+        target = urllib.parse.urlparse(link["href"])
+        if (target.scheme, target.netloc) != (base.scheme, base.netloc) or link["href"] in seen:
+            continue
+        seen.add(link["href"])
+        problem = links.problem(link["href"])
+        if problem:
+            problems.append(f"dead link {link['raw']!r} ({link['text']!r}): {problem}")
+
+    # width
+    if facts["pageScrollWidth"] > facts["viewportWidth"] + 1:
+        problems.append(f"page scrolls sideways: {facts['pageScrollWidth']}px wide in a "
+                        f"{facts['viewportWidth']}px window")
+    problems.extend(facts["tooWide"])
+
+    if expected_links is not None:
+        problems.extend(_button_problems(facts["links"], expected_links))
+    return PageReport(url=url, problems=problems, facts=facts)
+
+
+def _button_problems(links: list[dict], expected: dict) -> list[str]:
+    """Launch and repository buttons must point at this page's source on the configured branch."""
+    problems = []
+    repo = expected["repository"].rstrip("/")
+    owner_repo = urllib.parse.urlparse(repo).path.strip("/")
+    source, branch = expected["source"], expected["branch"]
+    hrefs = [link["href"] for link in links if link["button"]]  # the page's header buttons
+    binder_prefix = expected["binder"].rstrip("/") + "/"
+    colab_prefix = expected["colab"].rstrip("/") + "/"
+    binder = [h for h in hrefs if h.startswith(binder_prefix)]
+    colab = [h for h in hrefs if h.startswith(colab_prefix)]
+    want_binder = f"{binder_prefix}v2/gh/{owner_repo}/{branch}?urlpath=lab/tree/{source}"
+    want_colab = f"{colab_prefix}github/{owner_repo}/blob/{branch}/{source}"
+    if expected["launch"]:
+        if want_binder not in binder:
+            problems.append(f"Binder button should be {want_binder}, found {binder or 'none'}")
+        if want_colab not in colab:
+            problems.append(f"Colab button should be {want_colab}, found {colab or 'none'}")
+    for href in binder + colab:
+        if href not in (want_binder, want_colab):
+            problems.append(f"launch button points elsewhere than {source} on {branch}: {href}")
+    if repo not in hrefs:
+        problems.append(f"no repository button linking to {repo}")
+    for href in hrefs:
+        # any link to a file of the repository (source, edit) must be this page's, on the branch
+        match = re.match(re.escape(repo) + r"/(blob|edit|tree|raw)/([^/]+)/(.+)$", href)
+        if match and (match[2] != branch or match[3] != source):
+            problems.append(f"repository link points at {match[3]} on {match[2]}, not {source} on {branch}: {href}")
+    return problems
+
+
+_REFRESH = re.compile(r"""<meta\s+http-equiv=["']refresh["']\s+content=["']\d+;\s*url=([^"']+)["']""", re.I)
+
+
+def redirect_target(html_file: Path) -> str | None:
+    """The target of a page that is only a ``<meta http-equiv="Refresh">`` redirect, else None."""
+    match = _REFRESH.search(Path(html_file).read_text(encoding="utf-8", errors="replace")[:2000])
+    return match[1] if match else None

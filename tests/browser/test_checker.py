@@ -1,0 +1,140 @@
+"""The browser checks are not vacuous: a deliberately broken page fails each of them, and a
+healthy page with the same parts passes (so the failures come from the defects, not the set-up)."""
+from __future__ import annotations
+
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+import rendered_book
+from book_ext import offline_mathjax
+
+
+
+def _png(width: int, height: int) -> bytes:
+    """A real PNG of white pixels, so "the image loaded" is tested on an actual decode."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\x00" + b"\xff\xff\xff" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+REPO = "https://github.com/example-owner/example-book"
+EXPECTED = {"source": "chapters/page.ipynb", "repository": REPO, "branch": "main",
+            "binder": "https://mybinder.org", "colab": "https://colab.research.google.com",
+            "launch": True}
+
+HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
+<style>body {{ margin: 0; width: 1200px; }} article {{ width: 700px; margin-left: 250px; }}</style>
+{scripts}</head><body>
+<div class="article-header-buttons">
+  <a href="{repo}">repository</a>
+  <a href="https://mybinder.org/v2/gh/example-owner/example-book/main?urlpath=lab/tree/{binder_path}">Binder</a>
+  <a href="https://colab.research.google.com/github/example-owner/example-book/blob/main/chapters/page.ipynb">Colab</a>
+</div>
+<article class="bd-article">
+"""
+MATHJAX = '<script defer src="_static/mathjax/tex-mml-chtml.js"></script>'
+
+HEALTHY = HEAD.format(title="Healthy", scripts=MATHJAX, repo=REPO, binder_path="chapters/page.ipynb") + r"""
+<h1 id="top">A healthy page</h1>
+<p>Inline math <span class="math notranslate nohighlight">\(x^2 + 1\)</span> and a display equation:</p>
+<div class="math notranslate nohighlight">\[\sum_{i=1}^{n} w_i x_i\]</div>
+<img src="square.png" alt="A small white rectangle used as a test figure">
+<p><a href="other.html#section">a link to a section</a> and <a href="#top">back to the top</a>.</p>
+<pre>short code line</pre>
+</article></body></html>
+"""
+
+BROKEN = HEAD.format(title="Broken", scripts="", repo=REPO, binder_path="chapters/elsewhere.ipynb") + r"""
+<h1>A broken page</h1>
+<p>Unrendered display math: $$x^2$$ and an environment \begin{aligned} a \end{aligned}.</p>
+<p>A math element MathJax never saw: <span class="math notranslate nohighlight">\(y\)</span></p>
+<img src="missing.png" alt="A figure that is not there">
+<img src="square.png">
+<img src="square.png" alt="square.png">
+<p><a href="nowhere.html">a dead link</a>, <a href="other.html#no-such-section">a dead anchor</a></p>
+<div style="width: 1500px">a block wider than the article</div>
+<pre style="overflow-x: auto">""" + "x" * 400 + """</pre>
+<img src="https://fonts.example.invalid/font.png" alt="an outside resource">
+<script>console.error("a console error");</script>
+<script>undefinedFunction();</script>
+</article></body></html>
+"""
+
+
+@pytest.fixture()
+def fixture_site(tmp_path):
+    (tmp_path / "square.png").write_bytes(_png(40, 30))
+    (tmp_path / "other.html").write_text(
+        '<!DOCTYPE html><html><head><title>Other</title></head><body><article>'
+        '<h2 id="section">Section</h2></article></body></html>', encoding="utf-8")
+    (tmp_path / "healthy.html").write_text(HEALTHY, encoding="utf-8")
+    (tmp_path / "broken.html").write_text(BROKEN, encoding="utf-8")
+    # the same offline MathJax the book ships (book_ext/offline_mathjax.py)
+    shutil.copytree(offline_mathjax.ES5, tmp_path / "_static" / "mathjax", ignore=offline_mathjax._ignore)
+    with rendered_book.serve(tmp_path) as base_url:
+        yield base_url, tmp_path
+
+
+def test_healthy_page_passes(fixture_site, browser_context):
+    base_url, folder = fixture_site
+    shot = folder / "shots" / "healthy.png"
+    report = rendered_book.check_page(browser_context, base_url + "healthy.html", rendered_book.LinkChecker(),
+                                      screenshot=shot, expected_links=EXPECTED)
+    assert report.problems == []
+    assert report.facts["mathjax"] == "typeset"
+    assert report.facts["mathCount"] == 2 and report.facts["mjxCount"] == 2
+    assert shot.is_file() and shot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_broken_page_fails_every_check(fixture_site, browser_context):
+    base_url, _ = fixture_site
+    report = rendered_book.check_page(browser_context, base_url + "broken.html", rendered_book.LinkChecker(),
+                                      expected_links=EXPECTED)
+    text = "\n".join(report.problems)
+    expected = {
+        "raw TeX": "raw TeX left in the visible text",
+        "raw $$": "$$x^2$$",
+        "raw environment": "\\begin{aligned}",
+        "math not typeset": "equation not typeset by MathJax: '\\\\(y\\\\)'",
+        "MathJax missing": "math elements but MathJax did not load",
+        "broken image": "image did not load: missing.png",
+        "missing alt": "image square.png has no alt attribute",
+        "file name as alt": "has its file name as alt text ('square.png')",
+        "dead link": "dead link 'nowhere.html' ('a dead link'): HTTP 404",
+        "dead anchor": "no element with id 'no-such-section'",
+        "404 while loading": "HTTP 404 for " + base_url + "missing.png",
+        "sticks out": "sticks out of the article column",
+        "scrollbar": "needs a horizontal scrollbar",
+        "outside request": "requests an outside resource (the book must work offline): https://fonts.example.invalid/font.png",
+        "console error": "console error: a console error",
+        "uncaught exception": "uncaught exception: ",
+        "wrong Binder": "Binder button should be https://mybinder.org/v2/gh/example-owner/example-book/main?urlpath=lab/tree/chapters/page.ipynb",
+        "Binder elsewhere": "launch button points elsewhere than chapters/page.ipynb on main",
+    }
+    missing = {name: needle for name, needle in expected.items() if needle not in text}
+    assert not missing, f"the checker missed {sorted(missing)}; it reported:\n{text}"
+    # raw TeX outside code only: the long <pre> line of x's is not TeX and was not reported as such
+    assert "xxxxxxxx'" not in text.split("needs a horizontal scrollbar")[0]
+
+
+def test_wrong_repository_link_is_reported():
+    links = [{"href": REPO, "button": True},
+             {"href": f"{REPO}/blob/dev/chapters/page.ipynb", "button": True},
+             {"href": f"{REPO}/blob/main/helpers/data.py", "button": False}]  # in the text: allowed
+    problems = rendered_book._button_problems(links, {**EXPECTED, "launch": False})
+    assert problems == [f"repository link points at chapters/page.ipynb on dev, not chapters/page.ipynb "
+                        f"on main: {REPO}/blob/dev/chapters/page.ipynb"]
+    assert rendered_book._button_problems([], {**EXPECTED, "launch": False}) == [
+        f"no repository button linking to {REPO}"]
+
+
+def test_serve_rejects_a_missing_folder(tmp_path):
+    with pytest.raises(ValueError, match="directory must be an existing folder"):
+        with rendered_book.serve(tmp_path / "absent"):
+            pass
