@@ -127,6 +127,10 @@ class _IdCollector(HTMLParser):
                 self.ids.add(value or "")
 
 
+# The server is on this machine: never route its URLs through an http_proxy from the environment.
+_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 @dataclass
 class LinkChecker:
     """Fetches internal URLs (cached) and says what is wrong with one, or None."""
@@ -138,7 +142,7 @@ class LinkChecker:
         if url in self._status:
             return
         try:
-            with urllib.request.urlopen(url, timeout=self.timeout_s) as response:
+            with _NO_PROXY.open(url, timeout=self.timeout_s) as response:
                 self._status[url] = response.status
                 kind = response.headers.get_content_type()
                 body = response.read() if kind == "text/html" else b""
@@ -346,9 +350,12 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
         problems.append(f"equation not typeset by MathJax: {tex!r}")
     for error in facts["mathErrors"]:
         problems.append(f"MathJax error: {error}")
+    covered = -1  # report overlapping matches (e.g. "\\begin{" inside "$$ ... $$") once
     for match in RAW_TEX.finditer(facts["visibleText"]):
-        start = max(0, match.start() - 30)
-        problems.append(f"raw TeX left in the visible text: {facts['visibleText'][start:match.end() + 30]!r}")
+        if match.start() < covered:
+            continue
+        start, covered = max(0, match.start() - 30), match.end() + 30
+        problems.append(f"raw TeX left in the visible text: {facts['visibleText'][start:covered]!r}")
 
     # images
     for img in facts["images"]:
@@ -377,7 +384,7 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
 
     if expected_links is not None:
         problems.extend(_button_problems(facts["links"], expected_links))
-    return PageReport(url=url, problems=problems, facts=facts)
+    return PageReport(url=url, problems=list(dict.fromkeys(problems)), facts=facts)  # each once
 
 
 def _button_problems(links: list[dict], expected: dict) -> list[str]:
