@@ -1,7 +1,7 @@
 """Uniform affine quantization from scratch: the pieces chapters/03_algorithms/quantization.ipynb derives.
 
 A real number ``x`` is stored as an integer ``q`` with a scale ``s`` (a positive float) and a
-zero-point ``z`` (an integer in the code range), Jacob et al. (2018), Eqs. (q.1)-(q.2) of the chapter::
+zero-point ``z`` (an integer in the code range), Jacob et al. (2018), equations ``q-quantize`` and ``q-dequantize`` of the chapter::
 
     q = clamp(round(x / s) + z, q_min, q_max)        x_hat = s * (q - z)
 
@@ -48,7 +48,7 @@ def qrange(bits: int = 8, signed: bool = False) -> tuple[int, int]:
 
 
 def calculate_qparams(min_val, max_val, bits: int = 8, symmetric: bool = False):
-    """Scale and zero-point from a calibrated range ``[min_val, max_val]`` (Eq. (q.3) of the chapter).
+    """Scale and zero-point from a calibrated range ``[min_val, max_val]`` (equation ``q-qparams`` of chapters/03_algorithms/quantization.ipynb).
 
     The range is first widened to include 0, so that 0 (padding, ReLU output) is exact.
 
@@ -123,7 +123,7 @@ def _prepare(x, scale, zero_point, bits, signed, axis):
 
 def quantize(x: torch.Tensor, scale, zero_point, bits: int = 8, signed: bool = False,
              axis: int | None = None) -> torch.Tensor:
-    """``q = clamp(round(x / s) + z, q_min, q_max)`` (Eq. (q.1)), as an int32 tensor of codes.
+    """``q = clamp(round(x / s) + z, q_min, q_max)`` (equation ``q-quantize``), as an int32 tensor of codes.
 
     ``axis=None`` is per-tensor (one ``scale``/``zero_point``); an integer ``axis`` is per-channel
     along that dimension. Rounds half to even on ``x * (1/s)`` in float32, exactly as PyTorch does.
@@ -136,7 +136,7 @@ def quantize(x: torch.Tensor, scale, zero_point, bits: int = 8, signed: bool = F
 
 
 def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> torch.Tensor:
-    """``x_hat = s * (q - z)`` (Eq. (q.2)): back to float32, per tensor or per channel along ``axis``."""
+    """``x_hat = s * (q - z)`` (equation ``q-dequantize``): back to float32, per tensor or per channel along ``axis``."""
     scale_b = _broadcast(torch.as_tensor(scale, dtype=torch.float32), q, axis)
     zp_b = _broadcast(torch.as_tensor(zero_point).to(torch.int64), q, axis)
     if not torch.all(scale_b > 0):
@@ -146,7 +146,7 @@ def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> t
 
 def fake_quantize(x: torch.Tensor, scale, zero_point, bits: int = 8, signed: bool = False,
                   axis: int | None = None) -> torch.Tensor:
-    """Quantize then dequantize, in float, with a straight-through gradient (Eq. (q.6)).
+    """Quantize then dequantize, in float, with a straight-through gradient (equation ``q-ste``).
 
     Forward: ``s * (clamp(round(x/s) + z, q_min, q_max) - z)``. Backward (Bengio et al., 2013; the
     clipped STE of Jacob et al., 2018): the gradient of ``round`` is taken as 1, so ``dL/dx`` passes
@@ -163,7 +163,7 @@ def fake_quantize(x: torch.Tensor, scale, zero_point, bits: int = 8, signed: boo
 
 
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio ``10 log10(sum x^2 / sum (x - x_hat)^2)`` in dB (Eq. (q.4))."""
+    """Signal-to-quantization-noise ratio ``10 log10(sum x^2 / sum (x - x_hat)^2)`` in dB (equation ``q-sqnr``)."""
     noise = torch.sum((x - x_hat).double() ** 2)
     signal = torch.sum(x.double() ** 2)
     if noise == 0:
@@ -191,7 +191,7 @@ def calibrate_range(data: torch.Tensor | Iterable[torch.Tensor], method: str = "
     - ``"percentile"``: the ``100 - percentile`` and ``percentile`` percentiles; clips the tails.
     - ``"mse"``: clip the min-max range to ``[-c, c]`` for ``num_candidates`` values of ``c`` from
       ``max|x|`` down to ``max|x|/1000`` (a geometric grid) and keep the range whose fake-quantized
-      values have the smallest mean squared error (Eq. (q.5)).
+      values have the smallest mean squared error (equation ``q-mse``).
 
     ``data`` is a tensor or an iterable of tensors (e.g. activations of several batches). Raises
     ``ValueError`` for an empty calibration set, an unknown method or a percentile outside (50, 100].
@@ -231,7 +231,7 @@ def calibrate_range(data: torch.Tensor | Iterable[torch.Tensor], method: str = "
 def quantized_linear(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: torch.Tensor,
                      w_scale: torch.Tensor, bias: torch.Tensor | None, out_scale: float,
                      out_zero_point: int, out_bits: int = 8) -> torch.Tensor:
-    """Integer-only ``Linear``: uint8 activations x int8 weights, int32 accumulator, requantize (Eq. (q.7)).
+    """Integer-only ``Linear``: uint8 activations x int8 weights, int32 accumulator, requantize (equation ``q-int-linear``).
 
     ``q_x`` holds unsigned codes with zero-point ``x_zero_point``; ``q_w`` holds symmetric signed
     codes (zero-point 0) with one scale per output channel ``w_scale``; the bias is quantized to int32
