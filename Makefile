@@ -51,13 +51,14 @@ c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/config
 # errors, equations typeset by MathJax, images and alt text, links, nothing wider than the page,
 # launch and repository buttons); a screenshot of each page goes to _build/screenshots/.
 # Chromium is Debian's package, driven by Playwright's Python package (never `playwright install`).
+# Takes well under 2 minutes; `timeout` bounds it at 10 even if a browser call hangs.
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 check-html: html-stored $(CHROMIUM)
 	rm -rf _build/screenshots
 	BOOK_HTML=_build/stored/_build/html BOOK_SCREENSHOTS=_build/screenshots CHROMIUM=$(CHROMIUM) \
-		$(BIN)/python -m pytest tests/browser
+		timeout 600 $(BIN)/python -m pytest tests/browser
 
 $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "Install Chromium, or set CHROMIUM=/path/to/chromium"; exit 1; }

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from playwright.sync_api import Error as PlaywrightError
+
 CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 # Flags that make Chromium work on a machine without internet and without a display. Without the
 # background-networking ones it tries to reach update and sync services and logs refused connections.
@@ -333,9 +335,14 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
         if response is None or response.status != 200:
             problems.append(f"page itself: HTTP {response.status if response else 'no response'}")
         facts = page.evaluate(_PAGE_FACTS_JS, TIMEOUT_MS // 2)
+        if page.url.split("#")[0] != url.split("#")[0]:
+            problems.append(f"page navigated away to {page.url}: the checks ran on that page instead")
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
+    except PlaywrightError as error:  # e.g. the page navigated away, or a timeout
+        problems.append(f"page could not be inspected: {error}")
+        return PageReport(url=url, problems=problems, facts={})
     finally:
         page.close()
 

@@ -138,3 +138,4 @@ def test_serve_rejects_a_missing_folder(tmp_path):
     with pytest.raises(ValueError, match="directory must be an existing folder"):
         with rendered_book.serve(tmp_path / "absent"):
             pass
+
