@@ -124,7 +124,7 @@ def replace_head(model: nn.Module, head: nn.Module | int, name: str = DEFAULT_HE
 def layerwise_lrs(names: Sequence[str], lr: float, decay: float = 2.6) -> dict[str, float]:
     """Discriminative learning rates (Howard & Ruder, 2018): ``lr`` for the last of ``names``
     (the head), divided by ``decay`` for each step down towards the input,
-    ``lr_l = lr / decay ** (L - l)`` (Eq. (tl.4) of chapters/03_algorithms/transfer.ipynb).
+    ``lr_l = lr / decay ** (L - l)`` (Eq. (tl-lr) of chapters/03_algorithms/transfer.ipynb).
 
     ``names`` lists layers input to output. Raises ``ValueError`` for ``lr <= 0`` or ``decay < 1``.
     """
@@ -208,7 +208,7 @@ def linear_probe(model: nn.Module, train_loader: DataLoader, *, num_steps: int =
                  num_classes: int | None = None) -> list[float]:
     """Feature extraction: train only a new linear head on the frozen body's features.
 
-    Minimizes Eq. (tl.2) of chapters/03_algorithms/transfer.ipynb, the cross-entropy of a linear
+    Minimizes Eq. (tl-probe) of chapters/03_algorithms/transfer.ipynb, the cross-entropy of a linear
     classifier (multinomial logistic regression) on the body's features, plus ``weight_decay``
     times half the squared norm of the head's weights, full-batch with Adam for ``num_steps``.
     The features are computed once (the body is frozen, so they never change), which is what makes
@@ -254,7 +254,7 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, *, num_steps: int = 50
 
     The head learns at ``head_lr`` (default ``lr``); the other trainable layers, input to output,
     at ``lr / decay ** (L - l)`` (:func:`layerwise_lrs`; ``decay=1`` is one rate for the whole body,
-    Eq. (tl.3) of chapters/03_algorithms/transfer.ipynb). ``frozen`` layers are frozen first and
+    Eq. (tl-ft) of chapters/03_algorithms/transfer.ipynb). ``frozen`` layers are frozen first and
     the rest unfrozen, so the call says exactly what trains. Training runs for ``num_steps`` optimizer
     steps (whole epochs of ``train_loader``, rounded up), via :func:`helpers.train`.
     Returns its :class:`~helpers.training.History`.
@@ -352,7 +352,7 @@ def train_swa(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, sw
     SGD (with ``momentum``) at ``lr`` for the first ``swa_start`` epochs; from then on ``SWALR`` (a
     learning-rate *scheduler* wrapped around that optimizer, not an optimizer) anneals to the constant
     ``swa_lr`` over ``anneal_epochs`` epochs, and the running average of the weights is updated
-    once per epoch, Eq. (swa.1) of chapters/04_practice/transfer.ipynb. Finally ``update_bn``
+    once per epoch, Eq. (swa-avg) of chapters/04_practice/transfer.ipynb. Finally ``update_bn``
     recomputes BatchNorm running statistics for the averaged weights (a no-op for a model without
     BatchNorm). Returns ``(model, swa_model)``: the last SGD iterate and the ``AveragedModel``.
     """
