@@ -143,6 +143,20 @@ def test_channel_norms_and_selection():
         channels_to_keep(conv, 4)
 
 
+def with_channels_zeroed(model, layer, keep):
+    """A copy of the CNN ``model`` whose ``layer`` outputs zero on every channel not in ``keep``:
+    the function a channel-pruned model must compute."""
+    masked = CNN().eval()
+    masked.load_state_dict(model.state_dict())
+    conv = getattr(masked, layer)
+    dropped = torch.ones(conv.out_channels, dtype=torch.bool)
+    dropped[keep] = False
+    with torch.no_grad():
+        conv.weight[dropped] = 0
+        conv.bias[dropped] = 0
+    return masked
+
+
 def test_prune_channels_computes_the_same_function_on_kept_channels():
     model = seeded_cnn(5).eval()
     pruned, keep = prune_channels(model, "conv2", "fc1", amount=0.5)
@@ -154,12 +168,7 @@ def test_prune_channels_computes_the_same_function_on_kept_channels():
         h = model.pool1(model.relu1(model.conv1(x)))
         assert torch.allclose(pruned.conv2(h), model.conv2(h)[:, keep], atol=1e-6)
         # and the whole network equals the original with the removed channels zeroed
-        masked = CNN().eval()
-        masked.load_state_dict(model.state_dict())
-        dropped = torch.ones(32, dtype=torch.bool)
-        dropped[keep] = False
-        masked.conv2.weight[dropped] = 0
-        masked.conv2.bias[dropped] = 0
+        masked = with_channels_zeroed(model, "conv2", keep)
         assert torch.allclose(pruned(x), masked(x), atol=1e-5)
     # the original is untouched
     assert model.conv2.out_channels == 32
@@ -171,12 +180,7 @@ def test_prune_channels_conv_to_conv_and_linear_to_linear():
     assert pruned.conv1.out_channels == 4 and pruned.conv2.in_channels == 4
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
-        masked = CNN().eval()
-        masked.load_state_dict(model.state_dict())
-        dropped = torch.ones(16, dtype=torch.bool)
-        dropped[keep] = False
-        masked.conv1.weight[dropped] = 0
-        masked.conv1.bias[dropped] = 0
+        masked = with_channels_zeroed(model, "conv1", keep)
         assert torch.allclose(pruned(x), masked(x), atol=1e-5)
     torch.manual_seed(0)
     mlp = MLP((20, 10)).eval()
