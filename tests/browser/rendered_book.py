@@ -16,8 +16,21 @@ What one page must pass (``check_page``):
   non-empty, and not just the image's file name (what myst-nb writes when a notebook cell gives none);
 - every link inside the book resolves: HTTP 200 from the local server and, for ``page#anchor``,
   an element with that id on the target page;
-- nothing is wider than the page: the page does not scroll sideways, no element sticks out of the
-  article column, and no code cell, output or table inside it needs a horizontal scrollbar;
+- nothing is wider than the page. The width policy, at a 1280-pixel-wide window (article column
+  about 690 px; ``_static/custom.css`` does the styling side):
+
+  * the page never scrolls sideways, and no element sticks out of the article column;
+  * prose, tables, figures, display equations (break a long one with ``\\begin{aligned}``) and
+    source code (the CSS wraps its long lines) fit the column: none needs a horizontal scrollbar;
+  * a printed cell output fits the column as printed (measured at its natural width, 13 px
+    monospace: about 84 characters). Fix a wider one in the notebook by printing narrower. When its
+    lines read left to right (prose, a dict or module repr, a warning text, one measurement per line,
+    never a table whose columns continue past the wrap), the cell may carry the ``wrap-output`` tag
+    instead, and the CSS wraps those lines like a sentence; a tag on an output that already fits is
+    reported, so the tag stays a deliberate exception;
+  * the only box allowed to scroll sideways is the traceback of a must-raise cell (tag
+    ``raises-exception``): Python prints it as it is, so keep it short where you can (a helper
+    that raises at the top level gives a short traceback);
 - launch (Binder, Colab) and repository buttons point at this page's source file in the
   repository on the configured branch (``expected_links``).
 
@@ -221,22 +234,58 @@ async (waitMs) => {
     texts.push(node.textContent);
   }
 
-  // Width: the page must not scroll sideways; nothing in the article may stick out of it or need
-  // its own horizontal scrollbar.
+  // Width (the policy is in the module docstring). A printed output is measured at its natural
+  // width (white-space: pre, as Python printed it): untagged, it must fit the article column; in a
+  // `wrap-output` cell it is allowed to wrap, and the tag must be needed. A traceback of a
+  // must-raise cell may scroll in its own box. Everything else must neither need a horizontal
+  // scrollbar nor stick out of the article column.
   const root = document.documentElement;
   const article = document.querySelector("article.bd-article") || document.querySelector("article")
     || document.querySelector("main") || document.body;
   const box = article.getBoundingClientRect();
   const tooWide = [];
+  const judged = new Set();
+  let scrollingTracebacks = 0;
+  const wrapNeeded = new Map();  // wrap-output cell -> its widest output at natural width
+  for (const pre of article.querySelectorAll(".cell_output pre")) {
+    if (!pre.checkVisibility()) continue;
+    const traceback = pre.closest(".output.traceback");
+    if (traceback) {
+      if (!pre.closest(".tag_raises-exception")) continue;  // judged below like any other box
+      judged.add(pre);
+      if (pre.scrollWidth > pre.clientWidth + 1) scrollingTracebacks += 1;
+      continue;
+    }
+    judged.add(pre);
+    const saved = pre.style.whiteSpace;
+    pre.style.whiteSpace = "pre";
+    const natural = pre.scrollWidth, width = pre.clientWidth;
+    pre.style.whiteSpace = saved;
+    const wrapCell = pre.closest(".tag_wrap-output");
+    if (!wrapCell && natural > width + 1)
+      tooWide.push(`${describe(pre)}: printed output is ${natural}px wide in a ${width}px column: print it narrower, or tag the cell wrap-output if its lines are prose or a repr (never columns)`);
+    if (wrapCell) {
+      const need = wrapNeeded.get(wrapCell) || { first: pre, widest: 0, width };
+      need.widest = Math.max(need.widest, natural);
+      wrapNeeded.set(wrapCell, need);
+      if (pre.scrollWidth > pre.clientWidth + 1)
+        tooWide.push(`${describe(pre)}: tagged wrap-output but does not wrap (content ${pre.scrollWidth}px in ${pre.clientWidth}px)`);
+    }
+  }
+  // the tag is needed when at least one output of its cell would not fit unwrapped
+  for (const need of wrapNeeded.values()) {
+    if (need.widest <= need.width + 1)
+      tooWide.push(`${describe(need.first)}: the cell is tagged wrap-output but its outputs fit (widest ${need.widest}px in ${need.width}px): remove the tag`);
+  }
   for (const el of article.querySelectorAll("*")) {
-    if (!el.checkVisibility()) continue;
+    if (judged.has(el) || !el.checkVisibility()) continue;
     const style = getComputedStyle(el);
     const scrolls = ["auto", "scroll"].includes(style.overflowX);
     if (scrolls && el.scrollWidth > el.clientWidth + 1) {
       tooWide.push(`${describe(el)} needs a horizontal scrollbar (content ${el.scrollWidth}px in ${el.clientWidth}px)`);
       continue;
     }
-    // an element inside a box that clips or scrolls is that box's business, reported above
+    // an element inside a box that clips or scrolls is that box's business, judged above
     let clipped = false;
     for (let a = el.parentElement; a && a !== article; a = a.parentElement) {
       if (getComputedStyle(a).overflowX !== "visible") { clipped = true; break; }
@@ -259,6 +308,7 @@ async (waitMs) => {
     pageScrollWidth: root.scrollWidth,
     viewportWidth: root.clientWidth,
     tooWide,
+    scrollingTracebacks,
     images: images.map(img => ({
       src: img.getAttribute("src") || "", url: img.currentSrc || img.src,
       alt: img.getAttribute("alt"), complete: img.complete, naturalWidth: img.naturalWidth,

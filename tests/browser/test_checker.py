@@ -12,6 +12,7 @@ import pytest
 import rendered_book
 from book_ext import offline_mathjax
 
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _png(width: int, height: int) -> bytes:
@@ -29,7 +30,9 @@ EXPECTED = {"source": "chapters/page.ipynb", "repository": REPO, "branch": "main
             "launch": True}
 
 HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
-<style>body {{ margin: 0; width: 1200px; }} article {{ width: 700px; margin-left: 250px; }}</style>
+<style>body {{ margin: 0; width: 1200px; }} article {{ width: 700px; margin-left: 250px; }}
+pre {{ overflow-x: auto; font-family: monospace; }}</style>
+<link rel="stylesheet" href="_static/custom.css">
 {scripts}</head><body>
 <div class="article-header-buttons">
   <a href="{repo}">repository</a>
@@ -40,6 +43,16 @@ HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title
 """
 MATHJAX = '<script defer src="_static/mathjax/tex-mml-chtml.js"></script>'
 
+
+def _cell(tags: str, kind: str, text: str) -> str:
+    """A code cell with one output, in the HTML myst-nb writes (tags become tag_* classes)."""
+    classes = " ".join(f"tag_{tag}" for tag in tags.split())
+    return (f'<div class="cell {classes} docutils container"><div class="cell_output docutils container">'
+            f'<div class="output {kind}"><div class="highlight"><pre>{text}</pre></div></div></div></div>')
+
+
+LONG_LINE = "accuracy 96.1%, " * 12  # about 190 characters: wider than the column at any font size
+
 HEALTHY = HEAD.format(title="Healthy", scripts=MATHJAX, repo=REPO, binder_path="chapters/page.ipynb") + r"""
 <h1 id="top">A healthy page</h1>
 <p>Inline math <span class="math notranslate nohighlight">\(x^2 + 1\)</span> and a display equation:</p>
@@ -47,6 +60,9 @@ HEALTHY = HEAD.format(title="Healthy", scripts=MATHJAX, repo=REPO, binder_path="
 <img src="square.png" alt="A small white rectangle used as a test figure">
 <p><a href="other.html#section">a link to a section</a> and <a href="#top">back to the top</a>.</p>
 <pre>short code line</pre>
+""" + _cell("", "stream", "a printed line that fits") \
+    + _cell("wrap-output", "stream", LONG_LINE) \
+    + _cell("raises-exception", "traceback", "Traceback " + "-" * 300) + """
 </article></body></html>
 """
 
@@ -60,6 +76,9 @@ BROKEN = HEAD.format(title="Broken", scripts="", repo=REPO, binder_path="chapter
 <p><a href="nowhere.html">a dead link</a>, <a href="other.html#no-such-section">a dead anchor</a></p>
 <div style="width: 1500px">a block wider than the article</div>
 <pre style="overflow-x: auto">""" + "x" * 400 + """</pre>
+""" + _cell("", "stream", "untagged " + LONG_LINE) \
+    + _cell("wrap-output", "stream", "a tagged line that fits") \
+    + _cell("", "traceback", "untagged Traceback " + "-" * 300) + """
 <img src="https://fonts.example.invalid/font.png" alt="an outside resource">
 <script>console.error("a console error");</script>
 <script>undefinedFunction();</script>
@@ -77,6 +96,8 @@ def fixture_site(tmp_path):
     (tmp_path / "broken.html").write_text(BROKEN, encoding="utf-8")
     # the same offline MathJax the book ships (book_ext/offline_mathjax.py)
     shutil.copytree(offline_mathjax.ES5, tmp_path / "_static" / "mathjax", ignore=offline_mathjax._ignore)
+    # and the book's own stylesheet, which wraps the outputs of `wrap-output` cells
+    shutil.copy(ROOT / "_static" / "custom.css", tmp_path / "_static" / "custom.css")
     with rendered_book.serve(tmp_path) as base_url:
         yield base_url, tmp_path
 
@@ -89,6 +110,8 @@ def test_healthy_page_passes(fixture_site, browser_context):
     assert report.problems == []
     assert report.facts["mathjax"] == "typeset"
     assert report.facts["mathCount"] == 2 and report.facts["mjxCount"] == 2
+    # the traceback of a must-raise cell scrolls in its box, and that alone is allowed
+    assert report.facts["scrollingTracebacks"] == 1
     assert shot.is_file() and shot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -111,6 +134,9 @@ def test_broken_page_fails_every_check(fixture_site, browser_context):
         "404 while loading": "HTTP 404 for " + base_url + "missing.png",
         "sticks out": "sticks out of the article column",
         "scrollbar": "needs a horizontal scrollbar",
+        "wide output": '"untagged accuracy 96.1%, accuracy 96.1%, accuracy 96.1%, acc": printed output is ',
+        "needless tag": '"a tagged line that fits": the cell is tagged wrap-output but its outputs fit',
+        "traceback outside a must-raise cell": 'pre "untagged Traceback -------',
         "outside request": "requests an outside resource (the book must work offline): https://fonts.example.invalid/font.png",
         "console error": "console error: a console error",
         "uncaught exception": "uncaught exception: ",
