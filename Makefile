@@ -11,7 +11,7 @@ JB_FLAGS := -W -n --keep-going --all
 # one run of one notebook may take this long under nbval before it is a failure
 CELL_TIMEOUT := 600
 
-.PHONY: setup book test unit nbval html-stored check-html execute lab clean
+.PHONY: setup book test unit nbval html-stored check-html cjk-fonts execute lab clean
 
 setup: $(STAMP)
 
@@ -26,11 +26,9 @@ book: setup
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "Open _build/html/index.html"
 
-## make test: unit tests of helpers/, nbval over every notebook, and a -W build from stored outputs.
-## The browser check (make check-html) is not part of it yet: it still fails on pages whose figures
-## lack alt text or whose printed outputs are wider than the column (issue 9 lists them); wire it
-## back in here, after html-stored, once `make check-html` passes.
-test: unit nbval html-stored
+## make test: unit tests of helpers/, nbval over every notebook, a -W build from stored outputs,
+## and that build opened page by page in headless Chromium (check-html).
+test: unit nbval html-stored check-html
 
 # tests/browser/ needs the rendered book and Chromium: check-html runs it.
 unit: setup
@@ -44,6 +42,7 @@ nbval: setup
 # The book rendered from the outputs stored in the notebooks (no execution): catches broken
 # cross-references, citations and math in seconds. Same _config.yml, execution turned off.
 html-stored: setup
+	rm -rf _build/stored  # no page left over from a file since renamed or removed
 	@mkdir -p _build
 	$(BIN)/python -c "import yaml; c = yaml.safe_load(open('_config.yml')); \
 c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/config-stored.yml', 'w'))"
@@ -57,7 +56,7 @@ c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/config
 CHROMIUM ?= /usr/bin/chromium
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-check-html: html-stored $(CHROMIUM)
+check-html: html-stored $(CHROMIUM) cjk-fonts
 	rm -rf _build/screenshots
 	BOOK_HTML=_build/stored/_build/html BOOK_SCREENSHOTS=_build/screenshots CHROMIUM=$(CHROMIUM) \
 		timeout 600 $(BIN)/python -m pytest tests/browser
@@ -65,7 +64,14 @@ check-html: html-stored $(CHROMIUM)
 $(CHROMIUM):
 	@command -v apt-get >/dev/null || { echo "Install Chromium, or set CHROMIUM=/path/to/chromium"; exit 1; }
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium fonts-noto-cjk
+
+# The Chinese terms (errata, glossary) need a CJK font, or the screenshots show boxes.
+cjk-fonts:
+	@fc-list :lang=zh 2>/dev/null | grep -q . || { \
+		command -v apt-get >/dev/null || { echo "Install a CJK font (Debian: fonts-noto-cjk)"; exit 1; }; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-noto-cjk; }
 
 ## make execute: re-run every notebook in place (fresh kernel, top to bottom) to refresh its outputs.
 execute: setup
