@@ -11,7 +11,7 @@ JB_FLAGS := -W -n --keep-going --all
 # one run of one notebook may take this long under nbval before it is a failure
 CELL_TIMEOUT := 600
 
-.PHONY: setup book test unit nbval html-stored check-html cjk-fonts execute lab clean
+.PHONY: setup book test unit nbval html-stored check-html cjk-fonts execute lab bench clean
 
 setup: $(STAMP)
 
@@ -81,6 +81,12 @@ execute: setup
 			--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) --ExecutePreprocessor.record_timing=False \
 			"$$nb" || exit 1; \
 	done
+
+## make bench: the book's headline numbers re-measured (3 seeds, interleaved timings at batch 1 and 256):
+## Markdown tables on stdout, everything with its spread in _build/bench/bench.json. Takes minutes;
+## never part of make test (tests/test_bench.py runs only its --quick mode). Run it on a quiet machine.
+bench: setup
+	$(BIN)/python -m helpers.bench
 
 ## make lab: open the chapters in JupyterLab.
 lab: setup

@@ -1,0 +1,110 @@
+"""helpers.bench: `python -m helpers.bench --quick` runs end to end and writes well-formed output.
+
+This checks the shape of the output only (tables, JSON keys and types, spreads that are spreads,
+accuracies that are fractions), never that a technique reaches a number: the quick mode's budgets
+are too small for that, and timings are not asserted in tests at all.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _table(stdout: str, header: list[str]) -> list[list[str]]:
+    """The body rows of the Markdown table whose header row is ``header``."""
+    lines = stdout.splitlines()
+    head = "| " + " | ".join(header) + " |"
+    assert head in lines, f"no table with header {head!r} in:\n{stdout}"
+    start = lines.index(head)
+    assert set(lines[start + 1].strip("|")) <= {"-", "|"}
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        assert len(cells) == len(header), line
+        rows.append(cells)
+    assert rows, f"table {header[0]!r} has no rows"
+    return rows
+
+
+def _check_stat(stat: dict, low: float = 0.0, high: float = float("inf")) -> None:
+    assert set(stat) == {"mean", "std", "values"}
+    assert all(isinstance(v, float) for v in stat["values"]) and stat["values"]
+    assert stat["std"] >= 0
+    assert all(low <= v <= high for v in stat["values"]) and low <= stat["mean"] <= high
+
+
+def _check_latency(latency: dict, references: set[str]) -> None:
+    assert set(latency) == {"1", "256"}
+    for batch, timing in latency.items():
+        assert timing["batch_size"] == int(batch)
+        assert 0 < timing["p10_ms"] <= timing["median_ms"] <= timing["p90_ms"]
+        assert set(timing["speedup"]) == references
+        for ratio in timing["speedup"].values():
+            assert 0 < ratio["min"] <= ratio["median"] <= ratio["max"]
+            assert len(ratio["values"]) == bench.QUICK.blocks
+
+
+def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, "-m", "helpers.bench", "--quick", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    # stderr carries only the benchmark's own progress lines: no warning slipped through
+    assert all(line.startswith("[bench ") for line in done.stderr.splitlines()), done.stderr
+
+    cnn = _table(done.stdout, bench.CNN_HEADER)
+    names = [name for name, _ in bench.CNN_ROWS]
+    assert [row[1] for row in cnn][:len(names)] == names
+    assert all(row[0] == "pipeline" for row in cnn[len(names):])
+    kd = _table(done.stdout, bench.KD_HEADER)
+    assert len(kd) == 3 and kd[0][0].startswith("teacher")
+    transfer = _table(done.stdout, bench.TRANSFER_HEADER)
+    assert [row[0] for row in transfer] == ["scratch", "linear probe", "fine-tune", "LP-FT"]
+
+    results = json.loads(out.read_text())
+    assert results["mode"] == "quick" and results["seeds"] == [0]
+    assert isinstance(results["date"], str) and isinstance(results["cpu"], str) and results["cpu"]
+    assert isinstance(results["threads"], int) and results["threads"] >= 1
+    assert results["torch"].startswith("2.") and results["machine"]["torch"] == results["torch"]
+    assert results["batch_sizes"] == [1, 256]
+    for row in results["cnn"]:
+        _check_stat(row["accuracy"], 0.0, 1.0)
+        _check_stat(row["size_bytes"], 1.0)
+        _check_stat(row["size_ratio"], 0.1, 100.0)
+        if row["nonzero_weights"] is not None:
+            _check_stat(row["nonzero_weights"], 1.0)
+        _check_latency(row["latency"], {"fp32 eager", "fp32 compiled"})
+    sections = {"baseline", "quantization", "pruning"}
+    assert {row["section"] for row in results["cnn"]} - {"pipeline"} == sections
+    if results["pipeline"] is None:  # the applications chapter's pipeline is optional, but then said so
+        assert any("pipeline" in note for note in results["notes"])
+    else:
+        assert [r["model"] for r in results["cnn"] if r["section"] == "pipeline"] == results["pipeline"]["steps"]
+    for row in results["distillation"]["rows"]:
+        _check_stat(row["accuracy"], 0.0, 1.0)
+        assert row["parameters"] > 0 and row["size_bytes"] > 0
+        _check_latency(row["latency"], {"teacher"})
+    for row in results["transfer"]["rows"]:
+        _check_stat(row["accuracy"], 0.0, 1.0)
+    assert isinstance(results["notes"], list) and results["seconds"] > 0
+
+
+@pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "two"], ["--threads", "-1"]])
+def test_bad_arguments_are_rejected_by_name(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(argv)
+    assert exit_info.value.code == 2
+    assert argv[0] in capsys.readouterr().err
+
+
+def test_run_rejects_a_bad_seed_count():
+    with pytest.raises(ValueError, match="seeds must be an integer >= 1"):
+        bench.run(seeds=0)
