@@ -94,6 +94,10 @@ def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
         _check_latency(row["latency"], {"teacher"})
     for row in results["transfer"]["rows"]:
         _check_stat(row["accuracy"], 0.0, 1.0)
+    _check_stat(results["distillation"]["paired_gain"], -1.0, 1.0)
+    assert set(results["transfer"]["paired_gain_vs_scratch"]) == {"linear probe", "fine-tune", "LP-FT"}
+    for gain in results["transfer"]["paired_gain_vs_scratch"].values():
+        _check_stat(gain, -1.0, 1.0)
     assert isinstance(results["notes"], list) and results["seconds"] > 0
 
 
