@@ -14,6 +14,8 @@ What one page must pass (``check_page``):
   is left in the visible text outside code;
 - every ``<img>`` loaded (``naturalWidth > 0``) and has alt text that describes it: present,
   non-empty, and not just the image's file name (what myst-nb writes when a notebook cell gives none);
+  and it is not shrunk below ``MIN_IMAGE_SCALE`` of its width to fit the column (its text would be
+  too small to read);
 - every link inside the book resolves: HTTP 200 from the local server and, for ``page#anchor``,
   an element with that id on the target page;
 - nothing is wider than the page. The width policy, at a 1280-pixel-wide window (article column
@@ -67,6 +69,9 @@ VIEWPORT = {"width": 1280, "height": 900}
 # Bounded but generous: the machine may be busy. Milliseconds.
 TIMEOUT_MS = int(os.environ.get("BROWSER_TIMEOUT_MS", "60000"))
 LOCAL_HOSTS = {"127.0.0.1"}
+# A figure shown at less than this fraction of its pixel width has its labels shrunk below ~8px:
+# matplotlib's 10-point text is 14 px at the notebook's 100 dpi.
+MIN_IMAGE_SCALE = 0.6
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +317,7 @@ async (waitMs) => {
     images: images.map(img => ({
       src: img.getAttribute("src") || "", url: img.currentSrc || img.src,
       alt: img.getAttribute("alt"), complete: img.complete, naturalWidth: img.naturalWidth,
+      shownWidth: img.getBoundingClientRect().width,
     })),
     links: Array.from(document.querySelectorAll("a[href]")).map(a => ({
       href: a.href, raw: a.getAttribute("href"), text: (a.textContent || "").trim().slice(0, 60),
@@ -421,6 +427,10 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
         alt = _alt_problem(img)
         if alt:
             problems.append(f"image {img['src']} {alt}")
+        if img["naturalWidth"] and img["shownWidth"] and img["shownWidth"] < MIN_IMAGE_SCALE * img["naturalWidth"]:
+            problems.append(f"image {img['src']} is shrunk to {img['shownWidth'] / img['naturalWidth']:.0%} of its "
+                            f"{img['naturalWidth']}px width to fit: its text is too small to read; make the "
+                            f"figure narrower (matplotlib figsize)")
 
     # links inside the book
     seen = set()

@@ -31,7 +31,7 @@ EXPECTED = {"source": "chapters/page.ipynb", "repository": REPO, "branch": "main
 
 HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
 <style>body {{ margin: 0; width: 1200px; }} article {{ width: 700px; margin-left: 250px; }}
-pre {{ overflow-x: auto; font-family: monospace; }}</style>
+pre {{ overflow-x: auto; font-family: monospace; }} img {{ max-width: 100%; }}</style>
 <link rel="stylesheet" href="_static/custom.css">
 {scripts}</head><body>
 <div class="article-header-buttons">
@@ -73,6 +73,7 @@ BROKEN = HEAD.format(title="Broken", scripts="", repo=REPO, binder_path="chapter
 <img src="missing.png" alt="A figure that is not there">
 <img src="square.png">
 <img src="square.png" alt="square.png">
+<img src="wide.png" alt="A figure twice as wide as the column">
 <p><a href="nowhere.html">a dead link</a>, <a href="other.html#no-such-section">a dead anchor</a></p>
 <div style="width: 1500px">a block wider than the article</div>
 <pre style="overflow-x: auto">""" + "x" * 400 + """</pre>
@@ -89,6 +90,7 @@ BROKEN = HEAD.format(title="Broken", scripts="", repo=REPO, binder_path="chapter
 @pytest.fixture()
 def fixture_site(tmp_path):
     (tmp_path / "square.png").write_bytes(_png(40, 30))
+    (tmp_path / "wide.png").write_bytes(_png(1400, 20))
     (tmp_path / "other.html").write_text(
         '<!DOCTYPE html><html><head><title>Other</title></head><body><article>'
         '<h2 id="section">Section</h2></article></body></html>', encoding="utf-8")
@@ -133,6 +135,7 @@ def test_broken_page_fails_every_check(fixture_site, browser_context):
         "dead anchor": "no element with id 'no-such-section'",
         "404 while loading": "HTTP 404 for " + base_url + "missing.png",
         "sticks out": "sticks out of the article column",
+        "figure shrunk": "image wide.png is shrunk to 50% of its 1400px width to fit",
         "scrollbar": "needs a horizontal scrollbar",
         "wide output": '"untagged accuracy 96.1%, accuracy 96.1%, accuracy 96.1%, acc": printed output is ',
         "needless tag": '"a tagged line that fits": the cell is tagged wrap-output but its outputs fit',
