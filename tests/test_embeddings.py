@@ -1,0 +1,63 @@
+"""helpers.embeddings on the real packaged all-MiniLM-L6-v2: offline load, the plain-module wrapper
+against sentence-transformers' own encode, fidelity and search helpers against brute force, bad input."""
+import socket
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from helpers.embeddings import (SentenceEncoder, cosine_fidelity, load_sentence_model, network_blocked,
+                                search_top1, tokenize)
+
+SENTENCES = ["How do I quantize a model?", "Pruning removes weights.", "Distillation trains a small student.",
+             "Transfer learning reuses a pretrained network for a new task with few labels."]
+
+
+@pytest.fixture(scope="module")
+def sentence_model():
+    return load_sentence_model()
+
+
+def test_network_blocked_refuses_connections_and_restores():
+    with network_blocked():
+        with pytest.raises(ConnectionRefusedError, match="network access blocked"):
+            socket.create_connection(("127.0.0.1", 9), timeout=1)
+    assert socket.socket.connect.__name__ == "connect"
+
+
+def test_loads_offline_and_wrapper_matches_encode(sentence_model):
+    import os
+
+    assert os.environ["HF_HUB_OFFLINE"] == "1"
+    assert not sentence_model.training
+    ids = tokenize(sentence_model, SENTENCES)
+    assert ids.shape[0] == 4 and (ids[:, 0] == 101).all()  # [CLS] first; the shortest rows are padded with 0
+    with torch.inference_mode():
+        ours = SentenceEncoder(sentence_model)(ids)
+    reference = sentence_model.encode(SENTENCES, convert_to_tensor=True)
+    assert ours.shape == (4, 384)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    assert torch.allclose(ours.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_cosine_fidelity_and_search_against_brute_force():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
+    expected = torch.tensor([float(a[i] @ b[i] / (a[i].norm() * b[i].norm())) for i in range(6)])
+    assert torch.allclose(cosine_fidelity(a, b), expected, atol=1e-6)
+    assert torch.allclose(cosine_fidelity(a, 3 * a), torch.ones(6), atol=1e-6)
+    docs = torch.randn(5, 8, generator=g)
+    brute = torch.tensor([max(range(5), key=lambda j: float(F.cosine_similarity(a[i], docs[j], dim=0)))
+                          for i in range(6)])
+    assert torch.equal(search_top1(a, docs), brute)
+
+
+def test_bad_input(sentence_model):
+    with pytest.raises(ValueError, match="input_ids must be a 2-D"):
+        SentenceEncoder(sentence_model)(torch.tensor([101, 102]))
+    with pytest.raises(ValueError, match="sentences must be a non-empty list"):
+        tokenize(sentence_model, "one string")
+    with pytest.raises(ValueError, match="same shape"):
+        cosine_fidelity(torch.zeros(2, 3), torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="same width"):
+        search_top1(torch.zeros(2, 3), torch.zeros(4, 5))
