@@ -207,9 +207,11 @@ class ExportError(RuntimeError):
     instead of being printed ahead of the error.
     """
 
-    def __init__(self, message: str, exporter_log: str = ""):
+    def __init__(self, message: str, exporter_log: str = "", original_error: BaseException | None = None):
         super().__init__(message)
         self.exporter_log = exporter_log
+        #: the exporter's own exception (not chained, so the traceback a reader sees stays short)
+        self.original_error = original_error
 
 
 def _first_line(error: BaseException) -> str:
@@ -270,14 +272,15 @@ def export_program(model: nn.Module, example_input: torch.Tensor, dynamic_batch:
             culprit = _find_unexportable_layer(model, example_input)
         if culprit is None:
             raise ExportError(f"torch.export could not capture {type(model).__name__}: {_first_line(error)}",
-                              log.getvalue()) from error
+                              log.getvalue(), error) from None
         name, module, layer_error = culprit
         raise ExportError(
             f"layer {name!r} ({type(module).__name__}) cannot be exported: {_first_line(layer_error)}. "
             "Rewrite its forward with tensor operations only (no .item(), .numpy() or Python `if` on "
             "tensor values; torch.where or torch.cond instead), or keep it outside the exported model. "
-            "(The exporter's own log is in the error's exporter_log.)", log.getvalue()
-        ) from error
+            "(The exporter's own error and log are in the error's original_error and exporter_log.)",
+            log.getvalue(), error,
+        ) from None
     if log.getvalue():  # a successful export's messages are the reader's business: pass them on
         sys.stderr.write(log.getvalue())
     return program

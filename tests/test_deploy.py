@@ -196,3 +196,4 @@ def test_export_error_keeps_the_exporter_log_off_stderr(capsys):
         export_program(model, torch.randn(1, 1, 8, 8))
     assert capsys.readouterr().err == ""
     assert "data-dependent" in str(caught.value) or "data-dependent" in caught.value.exporter_log
+    assert caught.value.original_error is not None and caught.value.__cause__ is None
