@@ -39,6 +39,7 @@ import argparse
 import contextlib
 import copy
 import datetime as _dt
+import inspect
 import io
 import json
 import statistics
@@ -69,8 +70,8 @@ class Budget:
     teacher_epochs: int = 6
     student_epochs: int = 2
     transfer_steps: int = 100       # transfer algorithm chapter
-    pipeline_epochs: int = 8        # applications chapter: distillation of the student
-    pipeline_finetune_epochs: int = 2
+    pipeline_epochs: int | None = None  # applications chapter: None = budget_pipeline's own recipe
+    pipeline_finetune_epochs: int | None = None
     warmup: int = 10
     repeats: int = 50
     blocks: int = 5
@@ -308,9 +309,8 @@ CHANNELS, CHANNELS_COMPILED = "50% channels, eager", "50% channels, compiled"
 CNN_ROWS = ((FP32, "baseline"), (FP32_COMPILED, "baseline"), (INT8_PTQ, "quantization"),
             (INT8_PT2E, "quantization"), (INT8_QAT, "quantization"), (SPARSE, "pruning"),
             (SPARSE_COMPILED, "pruning"), (CHANNELS, "pruning"), (CHANNELS_COMPILED, "pruning"))
-PIPE_DISTILLED, PIPE_PRUNED, PIPE_INT8 = ("2. distilled CNN(8, 16), eager", "3. + conv2 pruned to 8, eager",
-                                         "4. + int8 (pt2e), compiled")
-PIPELINE_T, PIPELINE_ALPHA = 4.0, 0.9
+PIPE_DISTILLED, PIPE_PRUNED, PIPE_INT8 = "2. distilled student, eager", "3. + conv2 pruned, eager", \
+    "4. + int8 (pt2e), compiled"
 PIPELINE_STEPS = {"distilled": PIPE_DISTILLED, "pruned": PIPE_PRUNED, "int8": PIPE_INT8}
 #: Compiled rows are the same function as their eager model: same accuracy, size and weights.
 COMPILED_FROM = {FP32_COMPILED: FP32, SPARSE_COMPILED: SPARSE, CHANNELS_COMPILED: CHANNELS}
@@ -349,6 +349,7 @@ def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
     kd_test = make_loader(splits.test, batch_size=500)
 
     pipeline = _budget_pipeline()
+    pipeline_shape, epochs = None, {}
     rows = CNN_ROWS + (tuple((name, "pipeline") for name in PIPELINE_STEPS.values()) if pipeline else ())
     accuracy = {name: [] for name, _ in rows}
     size = {name: [] for name, _ in rows}
@@ -380,16 +381,21 @@ def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
                    CHANNELS: count_parameters(half, nonzero=True)}
         if pipeline:
             _log(f"seed {seed}: end-to-end pipeline (helpers.deploy.budget_pipeline)")
+            # the chapter's call, budget_pipeline(data.train, data.test, seed=seed), with this seed's
+            # baseline (trained by the same recipe) passed in instead of trained a second time
+            epochs = {key: value for key, value in (("num_epochs", budget.pipeline_epochs),
+                                                    ("finetune_epochs", budget.pipeline_finetune_epochs))
+                      if value is not None}
             with _quantized_kernels():
-                steps = pipeline(data.train, data.test, seed=seed, teacher=model,
-                                 num_epochs=budget.pipeline_epochs, finetune_epochs=budget.pipeline_finetune_epochs,
-                                 T=PIPELINE_T, alpha=PIPELINE_ALPHA, student_channels=(8, 16), keep_channels=8)
+                steps = pipeline(data.train, data.test, seed=seed, teacher=model, **epochs)
             for step in steps:
                 if step.name in PIPELINE_STEPS:
                     name = PIPELINE_STEPS[step.name]
                     eager[name], scores[name], stored[name] = step.model, step.accuracy, step.size_bytes
                     if step.name != "int8":
                         weights[name] = count_parameters(step.model, nonzero=True)
+                    if step.name == "pruned":
+                        pipeline_shape = (f"CNN({step.model.conv1.out_channels}, {step.model.conv2.out_channels})")
         for name, _ in rows:
             accuracy[name].append(scores[name])
             size[name].append(stored[name])
@@ -470,8 +476,10 @@ def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
                      "rows": [{"recipe": r, "accuracy": mean_std(v)} for r, v in transfer.items()],
                      "paired_gain_vs_scratch": {r: mean_std(a - b for a, b in zip(v, transfer["scratch"]))
                                                 for r, v in transfer.items() if r != "scratch"}},
-        "pipeline": ({"steps": list(PIPELINE_STEPS.values()), "teacher": FP32, "T": PIPELINE_T,
-                      "alpha": PIPELINE_ALPHA}
+        "pipeline": ({"steps": list(PIPELINE_STEPS.values()), "teacher": FP32, "pruned_model": pipeline_shape,
+                      "defaults": {k: v.default for k, v in inspect.signature(pipeline).parameters.items()
+                                   if v.default is not inspect.Parameter.empty and k != "teacher"},
+                      "epochs": epochs}
                      if pipeline else None),
         "notes": ([] if pipeline else
                   ["pipeline: helpers.deploy.budget_pipeline (applications chapter) is not included yet"]),
@@ -514,10 +522,12 @@ def markdown(results: dict) -> str:
                "(90% unstructured: bitmask + values; pt2e: the tensors the int8 graph uses). Speed-up: "
                "t(reference) / t(model), median over timing blocks [min, max], batch 1 and 256.")
     if results["pipeline"]:
+        p = results["pipeline"]
         out[-1] += (" Pipeline (applications chapter, helpers.deploy.budget_pipeline): step 1 is the fp32 "
-                    "baseline, each later step builds on the one before (distillation from the baseline "
-                    f"at T={results['pipeline']['T']:.0f}, conv2 channel pruning + distilled fine-tuning, "
-                    "int8 pt2e).")
+                    "baseline, each later step builds on the one before: "
+                    f"CNN{tuple(p['defaults']['student_channels'])} distilled from the baseline "
+                    f"(T={p['defaults']['T']:.0f}), conv2 cut to {p['pruned_model']} and fine-tuned by "
+                    "distillation, then int8 pt2e.")
     out.append("")
     rows = []
     for row in results["cnn"]:
