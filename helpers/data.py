@@ -31,6 +31,10 @@ class Splits:
 
     Each part is a ``TensorDataset`` of ``(image, label)`` with images ``(N, 1, H, W)`` float32
     and labels int64. ``val`` is ``None`` when no validation split was asked for.
+
+    The examples of each part keep the source's order, which for the bundled MNIST digits is by
+    class: ``train.tensors[0][:1000]`` is 0s, 1s and 2s, not a sample. Draw samples (a calibration
+    set, say) with :func:`random_batches` or a shuffled :func:`make_loader`.
     """
 
     train: TensorDataset
@@ -184,6 +188,26 @@ def take_per_class(dataset: Dataset, n: int, seed: int = 0) -> Subset:
             raise ValueError(f"n={n} exceeds the {len(members)} examples of class {cls}")
         chosen.append(members[torch.randperm(len(members), generator=generator)[:n]])
     return Subset(dataset, torch.cat(chosen).sort().values.tolist())
+
+
+def random_batches(dataset: Dataset, num_batches: int, batch_size: int = 64,
+                   seed: int = 0) -> list[torch.Tensor]:
+    """``num_batches`` batches of inputs drawn at random, without replacement, from ``dataset``.
+
+    The calibration set of post-training quantization must look like the data the model will see;
+    the splits are stored in class order (see :class:`Splits`), so their first images are not one.
+    Raises ``ValueError`` when ``num_batches`` or ``batch_size`` is not a positive integer, or when
+    ``dataset`` holds fewer than ``num_batches * batch_size`` examples.
+    """
+    for name, value in (("num_batches", num_batches), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if num_batches * batch_size > len(dataset):
+        raise ValueError(f"num_batches * batch_size = {num_batches * batch_size} exceeds the "
+                         f"{len(dataset)} examples of dataset")
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))
+    return [torch.stack([dataset[int(i)][0] for i in order[b * batch_size:(b + 1) * batch_size]])
+            for b in range(num_batches)]
 
 
 def make_loader(dataset: Dataset, batch_size: int = 64, shuffle: bool = False,

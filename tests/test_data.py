@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from helpers.data import MNIST_MEAN, MNIST_STD, load_digits, load_mnist, make_loader, take_per_class
+from helpers.data import (MNIST_MEAN, MNIST_STD, load_digits, load_mnist, make_loader, random_batches,
+                          take_per_class)
 
 
 @pytest.fixture(scope="module")
@@ -111,3 +112,29 @@ def test_make_loader_shuffle_depends_only_on_seed(mnist):
 def test_make_loader_rejects_bad_batch_size(mnist, batch_size):
     with pytest.raises(ValueError, match="batch_size"):
         make_loader(mnist.train, batch_size)
+
+
+def test_random_batches_sample_every_class_unlike_the_first_images(mnist):
+    labels = mnist.train.tensors[1]
+    assert set(labels[:1000].tolist()) == {0, 1, 2}  # the trap random_batches avoids
+    batches = random_batches(mnist.train, num_batches=16, batch_size=64, seed=0)
+    assert [tuple(b.shape) for b in batches] == [(64, 1, 28, 28)] * 16
+    images = torch.cat(batches)
+    # every drawn image is a distinct training image, and all ten digits are represented
+    distance, match = torch.cdist(images.flatten(1), mnist.train.tensors[0].flatten(1),
+                                  compute_mode="donot_use_mm_for_euclid_dist").min(1)
+    assert distance.max() == 0
+    assert len(set(match.tolist())) == 1024
+    assert set(labels[match].tolist()) == set(range(10))
+    again = random_batches(mnist.train, num_batches=16, batch_size=64, seed=0)
+    assert all(torch.equal(a, b) for a, b in zip(batches, again))
+    other = random_batches(mnist.train, num_batches=16, batch_size=64, seed=1)
+    assert not torch.equal(batches[0], other[0])
+
+
+@pytest.mark.parametrize("kwargs, name", [({"num_batches": 0}, "num_batches"),
+                                          ({"num_batches": 2, "batch_size": 0}, "batch_size"),
+                                          ({"num_batches": 100, "batch_size": 64}, "exceeds")])
+def test_random_batches_rejects_bad_sizes(mnist, kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        random_batches(mnist.train, **kwargs)
