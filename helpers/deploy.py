@@ -406,12 +406,34 @@ class ExecuTorchModel(nn.Module):
         return torch.cat(outputs)
 
 
+def strip_debug_metadata(model_proto):
+    """Remove the exporter's debugging metadata from an ONNX ``ModelProto`` in place, and return it.
+
+    ``torch.onnx.export(dynamo=True)`` records on every node and value the Python stack trace and
+    module path it came from, with absolute file names: the file's size then depends on where the
+    repository is checked out. A runtime needs none of it; the graph and the weights are untouched.
+    """
+    graphs = [model_proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for item in (*graph.node, *graph.value_info, *graph.input, *graph.output, *graph.initializer):
+            del item.metadata_props[:]
+        for node in graph.node:
+            node.doc_string = ""
+            graphs.extend(attribute.g for attribute in node.attribute if attribute.HasField("g"))
+    return model_proto
+
+
 def to_onnx(model: nn.Module, example_input: torch.Tensor) -> bytes:
-    """Export ``model`` with ``torch.onnx.export(dynamo=True)`` (a dynamic batch dimension); the ONNX bytes."""
+    """Export ``model`` with ``torch.onnx.export(dynamo=True)`` (a dynamic batch dimension); the ONNX bytes.
+
+    Debugging metadata is stripped (:func:`strip_debug_metadata`), so the bytes do not depend on
+    the path of the checkout.
+    """
     program = export_program(model, example_input, dynamic_batch=True)
     onnx_program = torch.onnx.export(program, dynamo=True, verbose=False)
     onnx_program.optimize()
-    return onnx_program.model_proto.SerializeToString()
+    return strip_debug_metadata(onnx_program.model_proto).SerializeToString()
 
 
 class OnnxRuntimeModel(nn.Module):

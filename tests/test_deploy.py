@@ -9,7 +9,8 @@ from torch import nn
 from helpers import CNN
 from helpers.deploy import (Budget, BudgetMissedError, ExecuTorchModel, ExportError, Measurement,
                             OnnxRuntimeModel, check_budget, export_program, known_runtime_logs_dropped,
-                            onnx_quantize_static, size_bytes, to_executorch, to_onnx, xnnpack_quantize)
+                            onnx_quantize_static, size_bytes, strip_debug_metadata, to_executorch, to_onnx,
+                            xnnpack_quantize)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -115,6 +116,22 @@ def test_onnx_runtime_round_trip_fp32_and_int8(tiny):
     assert (runtime8(x) - expected).abs().max() < 0.1 * expected.abs().max()
     with pytest.raises(ValueError, match="calibration_batches"):
         onnx_quantize_static(program, [])
+
+
+def test_onnx_bytes_do_not_depend_on_the_checkout_path(tiny):
+    import onnx
+
+    model, x = tiny
+    program = to_onnx(model, x[:1])
+    # the exporter's stack traces name this repository's files by absolute path: all stripped
+    assert b"models.py" not in program and b"stack_trace" not in program
+    proto = onnx.load_from_string(program)
+    assert not any(node.metadata_props for node in proto.graph.node)
+    assert program == to_onnx(model, x[:1])
+    raw = torch.onnx.export(export_program(model, x[:1], dynamic_batch=True), dynamo=True, verbose=False)
+    assert any(node.metadata_props for node in raw.model_proto.graph.node)  # what there was to strip
+    stripped = strip_debug_metadata(raw.model_proto)
+    assert not any(node.metadata_props for node in stripped.graph.node)
 
 
 class ValueDependent(nn.Module):
