@@ -6,8 +6,8 @@ chapter's setup cell reads ``from helpers import load_mnist, CNN, train, evaluat
 """
 from helpers import noise as _noise
 from helpers.data import load_digits, load_mnist, make_loader, random_batches, take_per_class
-from helpers.measure import (compare, compile_for_inference, count_parameters, latencies, latency,
-                             layer_costs, machine_info, model_size_bytes, sparsity)
+from helpers.measure import (compare, compile_for_inference, count_parameters, cpu_features, latencies,
+                             latency, layer_costs, machine_info, model_size_bytes, sparsity)
 from helpers.models import CNN, MLP
 from helpers.plotting import plot_training_curves, read_scalars, use_book_style
 from helpers.training import evaluate, set_seed, tensorboard_dir, train, train_baseline
@@ -16,7 +16,7 @@ _noise.install()
 use_book_style()
 
 __all__ = [
-    "CNN", "MLP", "compare", "compile_for_inference", "count_parameters", "evaluate", "latencies",
+    "CNN", "MLP", "compare", "compile_for_inference", "count_parameters", "cpu_features", "evaluate", "latencies",
     "latency", "layer_costs", "load_digits", "load_mnist", "machine_info", "make_loader", "model_size_bytes",
     "plot_training_curves", "random_batches", "read_scalars", "set_seed", "sparsity", "take_per_class",
     "tensorboard_dir", "train", "train_baseline", "use_book_style",

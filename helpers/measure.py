@@ -199,6 +199,25 @@ def machine_info() -> dict[str, str | int]:
             "torch": torch.__version__, "python": platform.python_version()}
 
 
+def cpu_features() -> dict[str, bool]:
+    """The instruction-set extensions that decide whether a low-precision format is *fast* here.
+
+    - ``avx512_bf16``: AVX-512 BF16 (``vdpbf16ps``: bf16 dot products into fp32; AMD Zen 4, Intel
+      Cooper Lake and Sapphire Rapids and later Xeons, not Ice Lake);
+    - ``amx_bf16``: AMX tiles (bf16 and int8 matrix units; Intel Sapphire Rapids and later);
+    - ``native_bf16``: either of the two. Without them oneDNN emulates bf16 with fp32 arithmetic plus
+      conversions (chapters/05_applications/training.ipynb measures what that costs);
+    - ``avx512_vnni``: VNNI int8 dot products (``vpdpbusd``), what fbgemm's and oneDNN's int8 kernels use.
+
+    Read from PyTorch's own CPU detection (the flags its kernels dispatch on), not from /proc/cpuinfo.
+    """
+    features = {"avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+                "amx_bf16": bool(torch.cpu._is_amx_tile_supported()),
+                "avx512_vnni": bool(torch.cpu._is_vnni_supported())}
+    features["native_bf16"] = features["avx512_bf16"] or features["amx_bf16"]
+    return features
+
+
 def compare(models: dict[str, nn.Module], test_loader, example_input: torch.Tensor,
             repeats: int = 100):
     """One table, measured in one run: accuracy, parameters, non-zeros, size and latency per model.

@@ -1,5 +1,6 @@
 """helpers.measure: parameter counts, stored size, sparsity, latency statistics, the comparison table."""
 import io
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +9,7 @@ from torch.nn.utils import prune
 
 from helpers.data import load_mnist, make_loader
 from helpers.measure import (Latency, _percentile, compare, compile_for_inference, count_parameters,
-                             latencies, latency, machine_info, model_size_bytes, sparsity)
+                             cpu_features, latencies, latency, machine_info, model_size_bytes, sparsity)
 from helpers.models import CNN
 
 
@@ -91,6 +92,18 @@ def test_machine_info_names_what_latency_depends_on():
     info = machine_info()
     assert set(info) == {"cpu", "cores", "torch_threads", "torch", "python"}
     assert info["cores"] >= 1 and info["torch"] == torch.__version__
+
+
+def test_cpu_features_agree_with_the_kernel_flags():
+    features = cpu_features()
+    assert features["native_bf16"] == (features["avx512_bf16"] or features["amx_bf16"])
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        pytest.skip("no /proc/cpuinfo to cross-check against")
+    flags = set(next(line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")).split())
+    assert features["avx512_bf16"] == ("avx512_bf16" in flags)
+    assert features["amx_bf16"] == ("amx_tile" in flags)
+    assert features["avx512_vnni"] == ("avx512_vnni" in flags)
 
 
 def test_compare_builds_one_row_per_model():
