@@ -14,8 +14,7 @@ and times the resulting models interleaved, in one process, so that the README c
 - transfer learning (chapters/03_algorithms/transfer.ipynb): MNIST -> scikit-learn digits with 10
   labels per class, scratch vs linear probe vs fine-tuning vs LP-FT;
 - the end-to-end pipeline of the applications chapter (``helpers.deploy.budget_pipeline``: the
-  baseline distilled into CNN(8, 16), conv2 pruned to 8 channels, int8 pt2e), when that module is
-  present; otherwise the output says it is not included.
+  baseline distilled into CNN(8, 16), conv2 pruned to 6 channels, int8 pt2e), with its own recipe.
 
 How the figures are reported:
 
@@ -40,14 +39,11 @@ import contextlib
 import copy
 import datetime as _dt
 import inspect
-import io
 import json
 import statistics
 import sys
 import time
-import warnings
 from dataclasses import asdict, dataclass
-from operator import attrgetter
 from pathlib import Path
 
 import torch
@@ -177,42 +173,19 @@ def qat_eager(model: nn.Module, train_loader, num_epochs: int, seed: int) -> nn.
 
 
 def ptq_pt2e(model: nn.Module, calibration_loader, example: torch.Tensor) -> nn.Module:
-    """int8 static PTQ with pt2e: export (dynamic batch), ``X86InductorQuantizer``, calibrate, convert."""
-    from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-    from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
-        X86InductorQuantizer, get_default_x86_inductor_quantization_config)
+    """int8 static PTQ with pt2e and ``X86InductorQuantizer`` (:func:`helpers.deploy.pt2e_quantize`),
+    calibrated on every batch of ``calibration_loader``."""
+    from helpers.deploy import pt2e_quantize
 
-    batch = torch.export.Dim("batch")
-    exported = torch.export.export(copy.deepcopy(model).eval(), (example,),
-                                   dynamic_shapes={"x": {0: batch}}).module()
-    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)
-    with torch.no_grad(), _quantized_kernels():
-        for images, _ in calibration_loader:
-            prepared(images)
-    int8 = convert_pt2e(prepared)
-    allow_exported_model_train_eval(int8)
-    return int8
-
-
-def pt2e_size_bytes(graph_module: nn.Module) -> int:
-    """Serialized bytes of the tensors an exported int8 graph actually uses (its ``get_attr`` nodes)."""
-    used = sorted(node.target for node in graph_module.graph.nodes if node.op == "get_attr")
-    buffer = io.BytesIO()
-    torch.save({name: attrgetter(name)(graph_module) for name in used}, buffer)
-    return buffer.getbuffer().nbytes
+    return pt2e_quantize(model, (images for images, _ in calibration_loader), example)
 
 
 def compile_int8(int8_pt2e: nn.Module, example: torch.Tensor) -> nn.Module:
-    """:func:`helpers.measure.compile_for_inference` of a pt2e int8 graph (Inductor's int8 kernels)."""
-    from helpers.measure import compile_for_inference
+    """A pt2e int8 graph compiled by Inductor (its int8 kernels): :func:`helpers.deploy.compile_for_batches`."""
+    from helpers.deploy import compile_for_batches
 
-    with warnings.catch_warnings(), _quantized_kernels():
-        # torch/_inductor/mkldnn_lowerings.py copy-constructs a weight zero-point with
-        # torch.tensor(t): an internal style notice of Inductor, harmless (as in the chapter).
-        warnings.filterwarnings("ignore", message="To copy construct from a tensor", category=UserWarning)
-        return compile_for_inference(int8_pt2e, example)
+    with _quantized_kernels():
+        return compile_for_batches(int8_pt2e, example)
 
 
 def unstructured_prune(model: nn.Module, train_loader, amount: float, rounds: int, epochs: int,
@@ -316,15 +289,6 @@ PIPELINE_STEPS = {"distilled": PIPE_DISTILLED, "pruned": PIPE_PRUNED, "int8": PI
 COMPILED_FROM = {FP32_COMPILED: FP32, SPARSE_COMPILED: SPARSE, CHANNELS_COMPILED: CHANNELS}
 
 
-def _budget_pipeline():
-    """``helpers.deploy.budget_pipeline`` (the applications chapter's end-to-end pipeline), or None."""
-    try:
-        from helpers.deploy import budget_pipeline
-    except ImportError:
-        return None
-    return budget_pipeline
-
-
 def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
@@ -332,6 +296,7 @@ def _log(message: str) -> None:
 def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
     """Run every measurement and return the JSON-ready results (see the module docstring)."""
     from helpers.data import load_digits, load_mnist, make_loader
+    from helpers.deploy import budget_pipeline, size_bytes
     from helpers.distillation import transfer_set
     from helpers.measure import compile_for_inference, count_parameters, machine_info, model_size_bytes
     from helpers.pruning import sparse_size_bytes
@@ -348,9 +313,8 @@ def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
     jittered = transfer_set(splits.train, copies=budget.jitter_copies, max_shift=2.0, max_degrees=15.0, seed=0)
     kd_test = make_loader(splits.test, batch_size=500)
 
-    pipeline = _budget_pipeline()
     pipeline_shape, epochs = None, {}
-    rows = CNN_ROWS + (tuple((name, "pipeline") for name in PIPELINE_STEPS.values()) if pipeline else ())
+    rows = CNN_ROWS + tuple((name, "pipeline") for name in PIPELINE_STEPS.values())
     accuracy = {name: [] for name, _ in rows}
     size = {name: [] for name, _ in rows}
     nonzero = {name: [] for name, _ in rows}
@@ -373,29 +337,28 @@ def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
         scores[FP32_COMPILED], scores[SPARSE_COMPILED], scores[CHANNELS_COMPILED] = (
             scores[FP32], scores[SPARSE], scores[CHANNELS])  # compiling does not change the function
         stored = {FP32: model_size_bytes(model), INT8_PTQ: model_size_bytes(int8_eager),
-                  INT8_PT2E: pt2e_size_bytes(int8_pt2e), INT8_QAT: model_size_bytes(int8_qat),
+                  INT8_PT2E: size_bytes(int8_pt2e), INT8_QAT: model_size_bytes(int8_qat),
                   SPARSE: sparse_size_bytes(sparse, "bitmask"), CHANNELS: model_size_bytes(half)}
         stored[FP32_COMPILED], stored[SPARSE_COMPILED], stored[CHANNELS_COMPILED] = (
             stored[FP32], stored[SPARSE], stored[CHANNELS])
         weights = {FP32: count_parameters(model, nonzero=True), SPARSE: count_parameters(sparse, nonzero=True),
                    CHANNELS: count_parameters(half, nonzero=True)}
-        if pipeline:
-            _log(f"seed {seed}: end-to-end pipeline (helpers.deploy.budget_pipeline)")
-            # the chapter's call, budget_pipeline(data.train, data.test, seed=seed), with this seed's
-            # baseline (trained by the same recipe) passed in instead of trained a second time
-            epochs = {key: value for key, value in (("num_epochs", budget.pipeline_epochs),
-                                                    ("finetune_epochs", budget.pipeline_finetune_epochs))
-                      if value is not None}
-            with _quantized_kernels():
-                steps = pipeline(data.train, data.test, seed=seed, teacher=model, **epochs)
-            for step in steps:
-                if step.name in PIPELINE_STEPS:
-                    name = PIPELINE_STEPS[step.name]
-                    eager[name], scores[name], stored[name] = step.model, step.accuracy, step.size_bytes
-                    if step.name != "int8":
-                        weights[name] = count_parameters(step.model, nonzero=True)
-                    if step.name == "pruned":
-                        pipeline_shape = (f"CNN({step.model.conv1.out_channels}, {step.model.conv2.out_channels})")
+        _log(f"seed {seed}: end-to-end pipeline (helpers.deploy.budget_pipeline)")
+        # the chapter's call, budget_pipeline(data.train, data.test, seed=seed), with this seed's
+        # baseline (trained by the same recipe) passed in instead of trained a second time
+        epochs = {key: value for key, value in (("num_epochs", budget.pipeline_epochs),
+                                                ("finetune_epochs", budget.pipeline_finetune_epochs))
+                  if value is not None}
+        with _quantized_kernels():
+            steps = budget_pipeline(data.train, data.test, seed=seed, teacher=model, **epochs)
+        for step in steps:
+            if step.name in PIPELINE_STEPS:
+                name = PIPELINE_STEPS[step.name]
+                eager[name], scores[name], stored[name] = step.model, step.accuracy, step.size_bytes
+                if step.name != "int8":
+                    weights[name] = count_parameters(step.model, nonzero=True)
+                if step.name == "pruned":
+                    pipeline_shape = f"CNN({step.model.conv1.out_channels}, {step.model.conv2.out_channels})"
         for name, _ in rows:
             accuracy[name].append(scores[name])
             size[name].append(stored[name])
@@ -424,8 +387,7 @@ def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
         models[SPARSE_COMPILED] = compile_for_inference(copy.deepcopy(timed_cnns[SPARSE]), x)
         models[CHANNELS_COMPILED] = compile_for_inference(copy.deepcopy(timed_cnns[CHANNELS]), x)
         models[INT8_PT2E] = compile_int8(copy.deepcopy(timed_cnns[INT8_PT2E]), x)
-        if pipeline:
-            models[PIPE_INT8] = compile_int8(copy.deepcopy(timed_cnns[PIPE_INT8]), x)
+        models[PIPE_INT8] = compile_int8(copy.deepcopy(timed_cnns[PIPE_INT8]), x)
         with _quantized_kernels():
             cnn_timing[b] = time_models({name: models[name] for name, _ in rows}, x,
                                         {"fp32 eager": FP32, "fp32 compiled": FP32_COMPILED}, budget)
@@ -476,13 +438,11 @@ def run(seeds: int = 3, budget: Budget = Budget(), mode: str = "full") -> dict:
                      "rows": [{"recipe": r, "accuracy": mean_std(v)} for r, v in transfer.items()],
                      "paired_gain_vs_scratch": {r: mean_std(a - b for a, b in zip(v, transfer["scratch"]))
                                                 for r, v in transfer.items() if r != "scratch"}},
-        "pipeline": ({"steps": list(PIPELINE_STEPS.values()), "teacher": FP32, "pruned_model": pipeline_shape,
-                      "defaults": {k: v.default for k, v in inspect.signature(pipeline).parameters.items()
-                                   if v.default is not inspect.Parameter.empty and k != "teacher"},
-                      "epochs": epochs}
-                     if pipeline else None),
-        "notes": ([] if pipeline else
-                  ["pipeline: helpers.deploy.budget_pipeline (applications chapter) is not included yet"]),
+        "pipeline": {"steps": list(PIPELINE_STEPS.values()), "teacher": FP32, "pruned_model": pipeline_shape,
+                     "defaults": {k: v.default for k, v in inspect.signature(budget_pipeline).parameters.items()
+                                  if v.default is not inspect.Parameter.empty and k != "teacher"},
+                     "epochs": epochs},
+        "notes": [],
         "seconds": time.perf_counter() - started,
     }
 

@@ -338,10 +338,17 @@ def xnnpack_quantize(model: nn.Module, calibration_batches, example_input: torch
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer, get_symmetric_quantization_config)
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return _quantize_pt2e(model, quantizer, calibration_batches, example_input)
+
+
+def _quantize_pt2e(model: nn.Module, quantizer, calibration_batches, example_input: torch.Tensor):
+    """The pt2e recipe for any backend quantizer: export (dynamic batch), ``prepare_pt2e``, run the
+    observers on ``calibration_batches`` (input tensors), ``convert_pt2e``."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     exported = export_program(copy.deepcopy(model), example_input, dynamic_batch=True).module()
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(exported, quantizer)
     seen = 0
     with torch.no_grad():
@@ -519,21 +526,11 @@ def pt2e_quantize(model: nn.Module, calibration_batches, example_input: torch.Te
     :func:`helpers.compile_for_inference`).
     """
     from torchao.quantization.pt2e import allow_exported_model_train_eval
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
         X86InductorQuantizer, get_default_x86_inductor_quantization_config)
 
-    exported = export_program(copy.deepcopy(model), example_input, dynamic_batch=True).module()
     quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
-    prepared = prepare_pt2e(exported, quantizer)
-    seen = 0
-    with torch.no_grad():
-        for batch in calibration_batches:
-            prepared(batch)
-            seen += 1
-    if seen == 0:
-        raise ValueError("calibration_batches must yield at least one batch")
-    quantized = convert_pt2e(prepared)
+    quantized = _quantize_pt2e(model, quantizer, calibration_batches, example_input)
     allow_exported_model_train_eval(quantized)  # so evaluate() may call .eval() on it
     return quantized
 

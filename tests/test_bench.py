@@ -84,10 +84,8 @@ def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
         _check_latency(row["latency"], {"fp32 eager", "fp32 compiled"})
     sections = {"baseline", "quantization", "pruning"}
     assert {row["section"] for row in results["cnn"]} - {"pipeline"} == sections
-    if results["pipeline"] is None:  # the applications chapter's pipeline is optional, but then said so
-        assert any("pipeline" in note for note in results["notes"])
-    else:
-        assert [r["model"] for r in results["cnn"] if r["section"] == "pipeline"] == results["pipeline"]["steps"]
+    assert [r["model"] for r in results["cnn"] if r["section"] == "pipeline"] == results["pipeline"]["steps"]
+    assert results["pipeline"]["pruned_model"].startswith("CNN(")
     for row in results["distillation"]["rows"]:
         _check_stat(row["accuracy"], 0.0, 1.0)
         assert row["parameters"] > 0 and row["size_bytes"] > 0
