@@ -227,7 +227,6 @@ def test_sparse_state_dict_round_trips_and_is_smaller(fmt):
     # payload formulas (the rest is torch.save's per-tensor overhead, a few hundred bytes each)
     weights = prunable_weights(model)
     nnz = sum(int(torch.count_nonzero(w)) for w in weights.values())
-    numel = sum(w.numel() for w in weights.values())
     if fmt == "bitmask":
         payload = sum((w.numel() + 7) // 8 for w in weights.values()) + 4 * nnz
     else:

@@ -268,3 +268,15 @@ def test_per_channel_shape_errors():
         quantize(torch.ones(4, 2), torch.ones(4), torch.zeros(4), axis=2)
     with pytest.raises(ValueError, match="min_val must be <= max_val"):
         calculate_qparams(1.0, 0.0)
+
+
+def test_ties_round_half_to_even_not_half_up():
+    """The source (3.2.3.1, line 34) defines round() as 四舍五入, halves away from zero. PyTorch's
+    quantizers round an exact tie to the even code, and helpers.quantization does the same."""
+    x = torch.tensor([0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5])  # x / s exact ties with s = 1
+    ours = quantize(x, 1.0, 0, bits=8, signed=True)
+    reference = torch.fake_quantize_per_tensor_affine(x, 1.0, 0, -128, 127).to(torch.int32)  # s = 1: codes
+    half_up = (torch.sign(x) * torch.floor(x.abs() + 0.5)).to(torch.int32)
+    assert torch.equal(ours, reference)
+    assert ours.tolist() == [0, 2, 2, 4, 0, -2, -2]
+    assert half_up.tolist() == [1, 2, 3, 4, -1, -2, -3] and not torch.equal(ours, half_up)
