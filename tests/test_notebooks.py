@@ -74,3 +74,24 @@ def test_notebook_follows_the_house_layout(path):
     assert "!pip" not in code and "%pip" not in code, "never install from inside a chapter"
     assert "import *" not in code
     assert "filterwarnings(\"ignore\")" not in code and "filterwarnings('ignore')" not in code
+
+
+def test_every_sanitize_rule_is_parsed_by_nbval():
+    """nbval silently skips a rule it cannot parse (say, an editor stripped a trailing space)."""
+    from nbval.plugin import get_sanitize_patterns
+
+    text = (ROOT / "tests" / "nbval_sanitize.cfg").read_text()
+    rules = get_sanitize_patterns(text)
+    assert rules and len(rules) == len(re.findall(r"^regex: ", text, flags=re.MULTILINE))
+    assert dict(rules)["[ ]{2,}"] == " ", "the column-padding rule must replace with exactly one space"
+
+    def sanitize(s):
+        for regex, replace in rules:
+            s = re.sub(regex, replace, s)
+        return s
+
+    # measured decimals and percentages are masked; integers, words and structure are not
+    assert sanitize("fp32:  96.1%, 0.258, -1.5e-07, 52% of 20,490 weights") == \
+        sanitize("fp32: 95.8%,  0.301, +2.0e-06, 48% of 20,490 weights")
+    assert sanitize("20,490 parameters") != sanitize("20,491 parameters")
+    assert sanitize("CNN(8, 16)") != sanitize("CNN(8, 6)")
