@@ -1,6 +1,7 @@
 """helpers.evidence: paired intervals checked against SciPy's paired t-test, verdicts on synthetic
-effects (one that is there, one that is not, one on the edge that needs more samples), and the
-speed-claim checker on workloads of known duration."""
+effects (one that is there, one that is not, one on the edge that needs more samples), the
+speed-claim checker on workloads of known duration and, with a seeded fake clock, on a claim it
+cannot settle, and the sequential test's error rate when it looks after every block."""
 import math
 import time
 
@@ -12,7 +13,7 @@ from torch import nn
 
 from helpers.data import make_loader
 from helpers.evidence import (REFUTED, SUPPORTED, UNDECIDED, check_speedups, correct_per_example, decide,
-                              paired_accuracy, paired_difference, speedup, t_interval)
+                              look_confidence, paired_accuracy, paired_difference, speedup, t_interval)
 
 
 def test_interval_matches_scipys_paired_t_test():
@@ -109,7 +110,7 @@ class Sleeper(nn.Module):
         return x
 
 
-def test_speed_claims_supported_refuted_and_undecided():
+def test_speed_claims_supported_and_refuted():
     models = {"slow": Sleeper(0.6), "fast": Sleeper(0.3), "twin": Sleeper(0.3)}
     claims = [speedup("fast", over="slow", above=1.5),   # true ratio 2: supported
               speedup("fast", over="slow", above=3.0),   # refuted
@@ -120,9 +121,48 @@ def test_speed_claims_supported_refuted_and_undecided():
     assert verdicts == [SUPPORTED, REFUTED, REFUTED, SUPPORTED], [str(e) for e in evidence]
     assert 1.7 < evidence[0].ratio < 2.3 and evidence[0].low < evidence[0].ratio < evidence[0].high
     assert evidence[0].consistent and not evidence[1].consistent
-    # a claim right at the true ratio cannot be decided: the time limit ends it, and it does not fail
-    edge = check_speedups(models, None, [speedup("fast", over="twin", above=1.0)], time_limit_s=0.5)[0]
-    assert edge.verdict == UNDECIDED and edge.consistent and edge.blocks >= 6
+
+
+class FakeClock:
+    """A clock that only the models move: each call lasts a random, seeded duration."""
+
+    def __init__(self, seed: int):
+        self.now, self.rng = 0, np.random.default_rng(seed)
+
+    def __call__(self) -> int:
+        return self.now
+
+    def model(self, ms: float):
+        def call(x=None):
+            self.now += int(ms * 1e6 * self.rng.lognormal(0, 0.3))
+        return call
+
+
+def test_a_claim_the_evidence_cannot_settle_is_undecided_and_does_not_fail(monkeypatch):
+    # two models of the same speed, noisy; the claim sits right at their true ratio of 1
+    clock = FakeClock(seed=0)
+    monkeypatch.setattr("helpers.evidence.time.perf_counter_ns", clock)
+    models = {"a": clock.model(1.0), "b": clock.model(1.0)}
+    (edge,) = check_speedups(models, None, [speedup("a", over="b", above=1.0)], time_limit_s=1e-9)
+    assert edge.verdict == UNDECIDED and edge.consistent and edge.blocks == 6  # the time limit ended it
+    assert edge.low < 1.0 < edge.high
+
+
+def test_looking_after_every_block_keeps_the_error_rate():
+    # 400 sequential tests of a claim exactly at the true ratio (the worst case), 60 looks each:
+    # a fixed 99% per look would decide many of them; spending the error keeps it under 1%
+    rng = np.random.default_rng(4)
+    claim = speedup("a", over="b", above=1.0)
+    wrong_fixed = wrong_spent = 0
+    for _ in range(400):
+        logs = rng.normal(0, 0.05, size=65)
+        fixed = [decide(logs[:n], claim, 0.99)[0] for n in range(6, 66)]
+        spent = [decide(logs[:n], claim, look_confidence(n - 5, 0.99))[0] for n in range(6, 66)]
+        wrong_fixed += any(v != UNDECIDED for v in fixed)
+        wrong_spent += any(v != UNDECIDED for v in spent)
+    assert wrong_spent <= 4 < 20 <= wrong_fixed, (wrong_spent, wrong_fixed)
+    assert look_confidence(1, 0.99) == pytest.approx(0.995)
+    assert sum(1 - look_confidence(k, 0.99) for k in range(1, 10_000)) < 0.01
 
 
 def test_decide_needs_more_blocks_near_the_bound():
@@ -151,3 +191,5 @@ def test_speed_claims_refuse_bad_input():
         speedup("a", over="b", below=-1.0)
     with pytest.raises(ValueError, match="two different"):
         speedup("a", over="a", above=1.0)
+    with pytest.raises(ValueError, match="look"):
+        look_confidence(0, 0.99)
