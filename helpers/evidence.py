@@ -27,7 +27,10 @@ it is accurate to a fraction of its own width. Over seeds it assumes roughly nor
 which is why at least 5 seeds are used where a claim rests on them.
 
 Speed claims (:func:`check_speedups`): see its docstring. Chapters cite
-chapters/01_background.ipynb for why timings are interleaved and repeated.
+chapters/01_background.ipynb for why timings are interleaved and repeated. The two timers divide
+the work: :func:`helpers.measure.latencies` reports times (milliseconds with their spread, for
+tables), :func:`check_speedups` decides claims about their ratios; an ``assert`` on a speed
+always goes through the second.
 """
 from __future__ import annotations
 

@@ -128,6 +128,11 @@ def latencies(models: dict[str, nn.Module], example_input: torch.Tensor, warmup:
     so a slow spell of the machine lands on all of them. Runs under ``torch.inference_mode()``
     with ``num_threads`` intra-op threads (default: PyTorch's current setting, restored after).
     Raises ``ValueError`` for an empty ``models``, ``warmup < 0`` or ``repeats < 5``.
+
+    This is the book's timer for *reporting* times (tables of milliseconds, with their spread).
+    A *claim* about a speed ratio is not checked against one run of it: that is
+    :func:`helpers.evidence.check_speedups`, which times in the same interleaved way but block
+    after block, until the interval of the ratio is clear of the claimed bound.
     """
     if not models:
         raise ValueError("models must name at least one model")
