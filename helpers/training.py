@@ -116,7 +116,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
           val_loader: DataLoader | None = None,
           loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
           after_step: Callable[[nn.Module], None] | None = None,
-          log_dir: str | os.PathLike | None = None, quiet: bool = False) -> History:
+          log_dir: str | os.PathLike | None = None, quiet: bool = False,
+          max_steps: int | None = None) -> History:
     """Train ``model`` in place for ``num_epochs`` and return its :class:`History`.
 
     - ``optimizer``: ``"adam"`` or ``"sgd"`` (built with ``lr`` and ``weight_decay``), or a ready
@@ -128,12 +129,17 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
       and ``loss/train``, ``accuracy/train`` (and ``loss/val``, ``accuracy/val``) every epoch.
       :func:`helpers.plotting.read_scalars` reads them back.
     - ``quiet``: hide the tqdm progress bar (the notebooks do, so their stored outputs are stable).
+    - ``max_steps``: stop after this many optimizer steps, in the middle of an epoch if need be
+      (that last epoch's metrics then cover the batches it ran); ``None`` runs every epoch in full.
 
     Training accuracy is measured on the fly (in train mode, while the weights move), as
     frameworks usually report it; validation metrics come from :func:`evaluate`.
     """
-    if not isinstance(num_epochs, int) or num_epochs < 1:
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
         raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
+    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
+                                  or max_steps < 1):
+        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
     opt = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
            else make_optimizer(model, optimizer, lr, weight_decay))
     writer = None
@@ -163,6 +169,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
                 if writer is not None:
                     writer.add_scalar("loss/train_step", loss.item(), step)
                 step += 1
+                if step == max_steps:
+                    break
             history.train_loss.append(loss_sum / count)
             history.train_accuracy.append(correct / count)
             scalars = {"loss/train": history.train_loss[-1],
@@ -175,6 +183,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
             if writer is not None:
                 for tag, value in scalars.items():
                     writer.add_scalar(tag, value, epoch + 1)
+            if step == max_steps:
+                break
     finally:
         if writer is not None:
             writer.close()

@@ -252,12 +252,13 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, *, num_steps: int = 50
               head: str = DEFAULT_HEAD, weight_decay: float = 0.0) -> History:
     """Fine-tuning: train every parameter except those of the layers ``frozen``, with Adam.
 
-    The head learns at ``head_lr`` (default ``lr``); the other trainable layers, input to output,
-    at ``lr / decay ** (L - l)`` (:func:`layerwise_lrs`; ``decay=1`` is one rate for the whole body,
-    Eq. (tl-ft) of chapters/03_algorithms/transfer.ipynb). ``frozen`` layers are frozen first and
-    the rest unfrozen, so the call says exactly what trains. Training runs for ``num_steps`` optimizer
-    steps (whole epochs of ``train_loader``, rounded up), via :func:`helpers.train`.
-    Returns its :class:`~helpers.training.History`.
+    The head is layer ``L`` and learns at ``head_lr`` (default ``lr``); the trainable layers below
+    it, input to output, learn at ``lr / decay ** (L - l)``: the top body layer at ``lr / decay``,
+    the one below at ``lr / decay**2`` (:func:`layerwise_lrs`, Eq. (tl-lr) of
+    chapters/03_algorithms/transfer.ipynb; ``decay=1`` is one rate for the whole body, Eq. (tl-ft)).
+    ``frozen`` layers are frozen first and the rest unfrozen, so the call says exactly what trains.
+    Training runs for exactly ``num_steps`` optimizer steps (the last pass over ``train_loader``
+    may stop mid-epoch), via :func:`helpers.train`. Returns its :class:`~helpers.training.History`.
     """
     _check_steps_lr(num_steps, lr)
     if head_lr is not None and not head_lr > 0:
@@ -269,14 +270,14 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, *, num_steps: int = 50
         raise ValueError(f"frozen must not contain the head {head!r}: nothing would learn the task")
     freeze(model, frozen)
     body = [n for n in trainable_layers(model) if n != head and not n.startswith(head + ".")]
-    lrs = layerwise_lrs(body, lr, decay) if body else {}
+    lrs = layerwise_lrs([*body, head], lr, decay)  # the head is the top layer, L
     lrs[head] = head_lr if head_lr is not None else lr
     optimizer = torch.optim.Adam(param_groups(model, lrs), weight_decay=weight_decay)
     batches = len(train_loader)
     if batches == 0:
         raise ValueError("train_loader yields no batches")
     return train(model, train_loader, num_epochs=math.ceil(num_steps / batches), optimizer=optimizer,
-                 quiet=True)
+                 quiet=True, max_steps=num_steps)
 
 
 def lp_ft(model: nn.Module, train_loader: DataLoader, *, probe_steps: int = 100,

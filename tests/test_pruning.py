@@ -270,6 +270,31 @@ def test_gradual_pruner_reaches_the_final_sparsity_on_schedule():
         GradualPruner(final_sparsity=0.5, begin_step=5, end_step=5)
 
 
+def test_gradual_pruner_masks_only_grow_under_adam():
+    """A real training run with Adam, whose momentum moves pruned weights off zero after every
+    step: each pruning step's mask must be a subset of the previous one (pruned stays pruned)."""
+    from helpers import load_digits, make_loader, train
+    from helpers.pruning import GradualPruner
+
+    model = seeded_cnn(0)
+    pruner = GradualPruner(final_sparsity=0.9, begin_step=0, end_step=40, frequency=1)
+    snapshots = []
+
+    def after_step(m):
+        pruner(m)
+        if pruner.history and (not snapshots or snapshots[-1][0] != pruner.history[-1][0]):
+            snapshots.append((pruner.history[-1][0], {k: v.clone() for k, v in pruner.masks.items()}))
+
+    data = load_digits()
+    train(model, make_loader(data.train, 64, shuffle=True, seed=0), num_epochs=2, lr=1e-2,
+          after_step=after_step, quiet=True)
+    assert len(snapshots) >= 8
+    for (_, before), (step, after) in zip(snapshots, snapshots[1:]):
+        for name in before:
+            assert not (after[name] & ~before[name]).any(), f"{name} regrew weights at step {step}"
+    assert sparsity_report(model).loc["total", "sparsity"] == pytest.approx(0.9, abs=1e-3)
+
+
 def test_lottery_ticket_rewinds_survivors_to_their_initial_values():
     from helpers.pruning import lottery_ticket
     seen = []

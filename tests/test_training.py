@@ -99,8 +99,20 @@ def test_train_writes_tensorboard_scalars(tmp_path):
     assert scalars["accuracy/val"][0] == [1, 2, 3]
 
 
+def test_train_max_steps_stops_mid_epoch():
+    set_seed(0)
+    steps = []
+    history = train(tiny(), make_loader(blobs(), 50), num_epochs=3, max_steps=6, quiet=True,
+                    after_step=lambda m: steps.append(1))
+    assert len(steps) == 6  # 4 batches per epoch: one full epoch, then 2 batches of the second
+    assert len(history.train_loss) == 2
+
+
 @pytest.mark.parametrize("kwargs, name", [({"num_epochs": 0}, "num_epochs"),
                                           ({"num_epochs": 2.0}, "num_epochs"),
+                                          ({"num_epochs": True}, "num_epochs"),
+                                          ({"num_epochs": 1, "max_steps": 0}, "max_steps"),
+                                          ({"num_epochs": 1, "max_steps": True}, "max_steps"),
                                           ({"num_epochs": 1, "lr": 0.0}, "lr"),
                                           ({"num_epochs": 1, "optimizer": "lbfgs"}, "optimizer")])
 def test_train_rejects_bad_arguments(kwargs, name):

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from helpers import CNN, make_loader, set_seed
+from helpers import CNN, make_loader, set_seed, train
 from helpers.transfer import (extract_features, fine_tune, freeze, layerwise_lrs, linear_probe,
                               load_pretrained, lp_ft, param_groups, replace_head, train_swa,
                               trainable_layers, unfreeze)
@@ -120,6 +120,39 @@ def test_param_groups_give_each_layer_its_rate_and_skip_frozen_parameters():
         param_groups(model, {"conv7": 1e-3})
     with pytest.raises(ValueError, match=r"lrs\['fc1'\]"):
         param_groups(model, {"fc1": -1.0})
+
+
+def capture_optimizer(monkeypatch):
+    """Run helpers.transfer's training as usual, keeping the optimizer fine_tune built."""
+    import helpers.transfer
+
+    seen = {}
+
+    def spy(model, loader, **kwargs):
+        seen["optimizer"] = kwargs["optimizer"]
+        return train(model, loader, **kwargs)
+
+    monkeypatch.setattr(helpers.transfer, "train", spy)
+    return seen
+
+
+def test_fine_tune_layerwise_rates_follow_eq_tl_lr(monkeypatch):
+    """Eq. (tl-lr): the head (layer L) at lr, conv2 at lr / decay, conv1 at lr / decay**2."""
+    seen = capture_optimizer(monkeypatch)
+    fine_tune(CNN(num_classes=4), make_loader(tiny_data(), 20), num_steps=1, lr=1e-3, decay=2.0)
+    rates = {g["name"]: g["lr"] for g in seen["optimizer"].param_groups}
+    assert rates == pytest.approx({"fc1": 1e-3, "conv2": 5e-4, "conv1": 2.5e-4})
+    fine_tune(CNN(num_classes=4), make_loader(tiny_data(), 20), num_steps=1, lr=1e-3, decay=2.0,
+              head_lr=1e-2, frozen=["conv1"])
+    rates = {g["name"]: g["lr"] for g in seen["optimizer"].param_groups}
+    assert rates == pytest.approx({"fc1": 1e-2, "conv2": 5e-4})
+
+
+def test_fine_tune_runs_exactly_num_steps(monkeypatch):
+    seen = capture_optimizer(monkeypatch)
+    model = CNN(num_classes=4)
+    fine_tune(model, make_loader(tiny_data(), 16), num_steps=7)  # 3 batches an epoch: 7 is not a multiple
+    assert {int(state["step"]) for state in seen["optimizer"].state.values()} == {7}
 
 
 def test_layerwise_rates_move_lower_layers_less():
