@@ -9,15 +9,17 @@ from helpers.data import load_digits, load_mnist, make_loader, random_batches, t
 from helpers.measure import (compare, compile_for_inference, count_parameters, cpu_features, latencies,
                              latency, layer_costs, machine_info, model_size_bytes, sparsity)
 from helpers.models import CNN, MLP
+from helpers.notebook import short_tracebacks
 from helpers.plotting import plot_training_curves, read_scalars, use_book_style
 from helpers.training import evaluate, set_seed, tensorboard_dir, train, train_baseline
 
 _noise.install()
 use_book_style()
+short_tracebacks()
 
 __all__ = [
     "CNN", "MLP", "compare", "compile_for_inference", "count_parameters", "cpu_features", "evaluate", "latencies",
     "latency", "layer_costs", "load_digits", "load_mnist", "machine_info", "make_loader", "model_size_bytes",
-    "plot_training_curves", "random_batches", "read_scalars", "set_seed", "sparsity", "take_per_class",
+    "plot_training_curves", "random_batches", "read_scalars", "set_seed", "short_tracebacks", "sparsity", "take_per_class",
     "tensorboard_dir", "train", "train_baseline", "use_book_style",
 ]
