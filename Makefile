@@ -34,8 +34,12 @@ test: unit nbval html-stored check-html
 unit: setup
 	$(BIN)/python -m pytest tests --ignore=tests/browser
 
+# Stored outputs come from `make execute` (two threads, one notebook at a time); nbval checks them in
+# another configuration on purpose: two notebooks at a time (pytest-xdist, one notebook per worker),
+# one thread each, so each notebook shares the machine with a busy neighbour. A claim that held only
+# where its output was stored fails here. It also halves the wall time on 2 cores.
 nbval: setup
-	$(BIN)/python -m pytest --nbval --nbval-current-env \
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout $(CELL_TIMEOUT) $(NOTEBOOKS)
 
