@@ -12,6 +12,9 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# an absolute path: a home or temporary directory, an installed package, or any /dir/.../file.py
+MACHINE_PATH = re.compile(r"/root/|/home/\w+/|/tmp/|site-packages/|(?<![\w.])/\w[\w.-]*/[\w./-]*\.py\b")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 NOTEBOOKS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
 
 
@@ -62,8 +65,14 @@ def test_stored_outputs_are_one_clean_fresh_run(path):
         for out in cell["outputs"]:
             assert out.get("name") != "stderr", f"code cell {index} stores stderr: {out.get('text')!r:.200}"
             text = "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
-            assert not re.search(r"/root/|/home/\w+/|/tmp/|site-packages/", text), \
+            text += "\n".join(out.get("traceback", []))
+            assert str(ROOT) not in text and not MACHINE_PATH.search(text), \
                 f"code cell {index} output shows a path of this machine"
+        for error in errors:  # helpers.notebook.short_tracebacks: the cells' own lines, then the message
+            lines = ANSI.sub("", "\n".join(error["traceback"])).strip().splitlines()
+            assert len(lines) <= 7 and lines[-1] == f"{error['ename']}: {error['evalue']}", (
+                f"code cell {index} stores a {len(lines)}-line traceback; import helpers before "
+                "the cell so that it shows the cell's lines and the message")
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: str(p.relative_to(ROOT)))
