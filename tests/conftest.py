@@ -12,8 +12,9 @@ that appears after a dependency bump is exactly what CI should stop on. So:
   reason beside it. Never a blanket ``warnings.filterwarnings("ignore")`` in a notebook.
 - Progress bars (tqdm writes to stderr) are off in notebooks (``train(..., quiet=True)``).
 
-Machine-dependent *stdout* (timings, CPU names) is handled per cell with ``# NBVAL_IGNORE_OUTPUT``
-and the claim behind it is asserted with a tolerance in the same cell (``../shared/STYLE.md``).
+Machine-dependent *stdout* (timings, CPU names) is handled per cell with nbval's
+``nbval-ignore-output`` tag, and the claim behind it is asserted with a tolerance in the same cell
+(the book's style rule: an output nbval does not compare is still checked, by an ``assert``).
 Remaining differences between honest runs are removed by ``tests/nbval_sanitize.cfg``, one commented
 rule each. One of them matters for every chapter: results are bit-for-bit repeatable on one machine
 but not across CPUs (MKL and oneDNN choose other kernels), and CI may run on another CPU than the one

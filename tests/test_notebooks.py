@@ -82,7 +82,8 @@ def test_notebook_follows_the_house_layout(path):
     code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
     assert nb["cells"][0]["cell_type"] == "markdown" and nb["cells"][0]["source"][0].startswith("# ")
     for heading in ("What you will learn", "Prerequisites", "Summary", "Exercises"):
-        assert heading in markdown, f"missing section {heading!r} (STYLE.md)"
+        assert heading in markdown, (f"missing section {heading!r} (the book's style rule: every "
+                                     "chapter has What you will learn, Prerequisites, Summary, Exercises)")
     assert "!pip" not in code and "%pip" not in code, "never install from inside a chapter"
     assert "import *" not in code
     assert "filterwarnings(\"ignore\")" not in code and "filterwarnings('ignore')" not in code
