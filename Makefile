@@ -11,7 +11,7 @@ JB_FLAGS := -W -n --keep-going --all
 # one run of one notebook may take this long under nbval before it is a failure
 CELL_TIMEOUT := 600
 
-.PHONY: setup book test unit nbval html-stored check-html cjk-fonts execute lab bench clean
+.PHONY: setup book test unit nbval robustness html-stored check-html cjk-fonts execute lab bench clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,17 @@ nbval: setup
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg \
 		--nbval-cell-timeout $(CELL_TIMEOUT) $(NOTEBOOKS)
+
+## make robustness: nbval of every notebook in the other configurations a reader's machine may have,
+## one notebook at a time with OMP_NUM_THREADS=2 and with 4, then make nbval's configuration while
+## another process keeps one core busy. Not part of make test: it takes about three times as long as nbval.
+NBVAL := $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	--nbval-cell-timeout $(CELL_TIMEOUT)
+robustness: setup
+	OMP_NUM_THREADS=2 $(NBVAL) -p no:xdist $(NOTEBOOKS)
+	OMP_NUM_THREADS=4 $(NBVAL) -p no:xdist $(NOTEBOOKS)
+	$(BIN)/python -c 'while True: pass' & busy=$$!; \
+		OMP_NUM_THREADS=1 $(NBVAL) -n 2 --dist loadscope $(NOTEBOOKS); rc=$$?; kill $$busy; exit $$rc
 
 # The book rendered from the outputs stored in the notebooks (no execution): catches broken
 # cross-references, citations and math in seconds. Same _config.yml, execution turned off.
