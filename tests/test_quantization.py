@@ -271,8 +271,9 @@ def test_per_channel_shape_errors():
 
 
 def test_ties_round_half_to_even_not_half_up():
-    """The source (3.2.3.1, line 34) defines round() as 四舍五入, halves away from zero. PyTorch's
-    quantizers round an exact tie to the even code, and helpers.quantization does the same."""
+    """The source (3.2.3.1, the note under the first formula) defines round() as 四舍五入, halves
+    away from zero. PyTorch's quantizers round an exact tie to the even code, and
+    helpers.quantization does the same."""
     x = torch.tensor([0.5, 1.5, 2.5, 3.5, -0.5, -1.5, -2.5])  # x / s exact ties with s = 1
     ours = quantize(x, 1.0, 0, bits=8, signed=True)
     reference = torch.fake_quantize_per_tensor_affine(x, 1.0, 0, -128, 127).to(torch.int32)  # s = 1: codes
