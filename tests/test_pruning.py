@@ -251,6 +251,21 @@ def test_csr_size_agrees_with_torch_sparse_csr_layout():
         sparse_state_dict(layer, "coo")
 
 
+@pytest.mark.parametrize("density, smaller", [(0.60, True), (0.72, False)])
+def test_csr_breaks_even_with_dense_fp32_at_two_thirds_density(density, smaller):
+    """An int16 column index and an fp32 value make 6 bytes per kept weight, against 4 bytes per
+    weight dense: CSR is smaller only below about 2/3 density (less the row pointers)."""
+    torch.manual_seed(0)
+    layer = nn.Linear(400, 400)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand_like(layer.weight) < density)
+    encoded = sparse_state_dict(nn.Sequential(layer), "csr")
+    assert encoded["0.weight::col_indices"].dtype == torch.int16
+    parts = [encoded[f"0.weight::{part}"] for part in ("crow_indices", "col_indices", "values")]
+    csr_bytes = sum(part.numel() * part.element_size() for part in parts)
+    assert (csr_bytes < 4 * layer.weight.numel()) is smaller
+
+
 def test_gradual_pruner_reaches_the_final_sparsity_on_schedule():
     from helpers.pruning import GradualPruner
     model = seeded_cnn(8)
