@@ -10,6 +10,9 @@ NOTEBOOKS := $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoi
 JB_FLAGS := -W -n --keep-going --all
 # one run of one notebook may take this long under nbval before it is a failure
 CELL_TIMEOUT := 600
+# nbval as make nbval and make robustness run it; each adds its threads and workers
+NBVAL := $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+	--nbval-cell-timeout $(CELL_TIMEOUT)
 
 .PHONY: setup book test unit nbval robustness html-stored check-html cjk-fonts execute lab bench clean
 
@@ -39,15 +42,11 @@ unit: setup
 # one thread each, so each notebook shares the machine with a busy neighbour. A claim that held only
 # where its output was stored fails here. It also halves the wall time on 2 cores.
 nbval: setup
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval --nbval-current-env \
-		--nbval-sanitize-with tests/nbval_sanitize.cfg \
-		--nbval-cell-timeout $(CELL_TIMEOUT) $(NOTEBOOKS)
+	OMP_NUM_THREADS=1 $(NBVAL) -n 2 --dist loadscope $(NOTEBOOKS)
 
 ## make robustness: nbval of every notebook in the other configurations a reader's machine may have,
 ## one notebook at a time with OMP_NUM_THREADS=2 and with 4, then make nbval's configuration while
-## another process keeps one core busy. Not part of make test: it takes about three times as long as nbval.
-NBVAL := $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
-	--nbval-cell-timeout $(CELL_TIMEOUT)
+## another process keeps one core busy. Not part of make test: it takes about four times as long as nbval.
 robustness: setup
 	OMP_NUM_THREADS=2 $(NBVAL) -p no:xdist $(NOTEBOOKS)
 	OMP_NUM_THREADS=4 $(NBVAL) -p no:xdist $(NOTEBOOKS)
