@@ -16,6 +16,8 @@ import torch.nn.functional as F
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from helpers._checks import check_fraction, check_int
+
 #: Mean and standard deviation of the 60,000 full-MNIST training images scaled to [0, 1]
 #: (the constants torchvision's MNIST examples use). Fixed, so every data source shares one scale.
 MNIST_MEAN = 0.1307
@@ -48,10 +50,7 @@ class Splits:
 
 
 def _check_fraction(name: str, value: float, allow_zero: bool = False) -> None:
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not (low_ok and value < 1):
-        interval = "[0, 1)" if allow_zero else "(0, 1)"
-        raise ValueError(f"{name} must be a fraction in {interval}, got {value!r}")
+    check_fraction(name, value, allow_zero=allow_zero)
 
 
 def _normalize(images: torch.Tensor) -> torch.Tensor:
@@ -150,8 +149,7 @@ def load_digits(size: int = 28, layout: str = "mnist", test_size: float = 0.2,
     """
     from sklearn.datasets import load_digits as sklearn_digits
 
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size must be an integer >= 8, got {size!r}")
+    check_int("size", size, minimum=8)
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     bunch = sklearn_digits()
@@ -177,8 +175,7 @@ def take_per_class(dataset: Dataset, n: int, seed: int = 0) -> Subset:
     ``dataset`` must yield ``(x, label)`` pairs. Raises ``ValueError`` when ``n < 1`` or a class has
     fewer than ``n`` examples.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}")
+    check_int("n", n, minimum=1)
     labels = torch.as_tensor([int(dataset[i][1]) for i in range(len(dataset))])
     generator = torch.Generator().manual_seed(seed)
     chosen = []
@@ -200,8 +197,7 @@ def random_batches(dataset: Dataset, num_batches: int, batch_size: int = 64,
     ``dataset`` holds fewer than ``num_batches * batch_size`` examples.
     """
     for name, value in (("num_batches", num_batches), ("batch_size", batch_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(name, value, minimum=1)
     if num_batches * batch_size > len(dataset):
         raise ValueError(f"num_batches * batch_size = {num_batches * batch_size} exceeds the "
                          f"{len(dataset)} examples of dataset")
@@ -216,8 +212,7 @@ def make_loader(dataset: Dataset, batch_size: int = 64, shuffle: bool = False,
 
     Raises ``ValueError`` for ``batch_size < 1``.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_int("batch_size", batch_size, minimum=1)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
                       num_workers=0)

@@ -24,20 +24,17 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from helpers._checks import check_fraction, check_int, check_number, get_submodule
 from helpers.data import MNIST_MEAN, MNIST_STD
 from helpers.training import History, evaluate, make_optimizer, train
 
 
 def _check_temperature(T: float) -> float:
-    if isinstance(T, bool) or not isinstance(T, (int, float)) or not math.isfinite(T) or T <= 0:
-        raise ValueError(f"T (temperature) must be a finite number > 0, got {T!r}")
-    return float(T)
+    return check_number("T (temperature)", T, 0, low_open=True)
 
 
 def _check_alpha(alpha: float) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}")
-    return float(alpha)
+    return check_fraction("alpha", alpha, allow_one=True)
 
 
 def soft_targets(logits: torch.Tensor, T: float = 1.0) -> torch.Tensor:
@@ -136,8 +133,7 @@ def mutual_learning(models: Sequence[nn.Module], train_loader: DataLoader, *, nu
         raise ValueError(f"models must hold at least 2 peers, got {len(models)}")
     if len({id(m) for m in models}) != len(models):
         raise ValueError("models must be distinct modules")
-    if not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
+    check_int("num_epochs", num_epochs, minimum=1)
     T = _check_temperature(T)
     optimizers = [make_optimizer(m, "adam", lr) for m in models]
     histories = [History() for _ in models]
@@ -176,10 +172,7 @@ def mutual_learning(models: Sequence[nn.Module], train_loader: DataLoader, *, nu
 
 
 def _layer(model: nn.Module, name: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules or name == "":
-        raise ValueError(f"layer {name!r} not found; choose one of {sorted(k for k in modules if k)}")
-    return modules[name]
+    return get_submodule(model, name, "layer")
 
 
 class _Capture:
@@ -238,8 +231,7 @@ def hint_train(student: nn.Module, teacher: nn.Module, train_loader: DataLoader,
     """
     if student is teacher:
         raise ValueError("student and teacher must be different modules")
-    if not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
+    check_int("num_epochs", num_epochs, minimum=1)
     s_cap = _Capture(_layer(student, student_layer))
     t_cap = _Capture(_layer(teacher, teacher_layer))
     was_training = teacher.training
@@ -313,8 +305,7 @@ def transfer_set(dataset: Dataset, copies: int, *, max_shift: float = 2.0,
     ``alpha = 1`` ignores them and learns only from the teacher). Seeded and built once, so every
     model that trains on it sees exactly the same images.
     """
-    if not isinstance(copies, int) or copies < 0:
-        raise ValueError(f"copies must be a non-negative integer, got {copies!r}")
+    check_int("copies", copies, minimum=0)
     if copies == 0 and not include_original:
         raise ValueError("copies=0 with include_original=False would give an empty set")
     if isinstance(dataset, TensorDataset):

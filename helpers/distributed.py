@@ -1,6 +1,6 @@
-"""Cutting the cost of training: bf16 autocast, ``torch.compile``, and data-parallel training.
+"""Data-parallel training (DDP) on one machine, measured: chapters/05_applications/training.ipynb.
 
-chapters/05_applications/training.ipynb measures each of these. The data-parallel part is the code a
+(The bf16 and ``torch.compile`` training step of that chapter is in :mod:`helpers.training`.) This is the code a
 reader would run on a cluster: :func:`train_data_parallel` is the per-process training loop
 (one process per GPU or machine), :func:`launch_data_parallel` starts ``world_size`` such processes
 on this machine with ``torch.multiprocessing`` and the gloo backend, and :func:`train_single_process`
@@ -39,8 +39,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+from helpers._checks import check_int, check_number
+from helpers.training import OPTIMIZERS, global_batches, make_optimizer, set_seed
+
 COMM_HOOKS = ("allreduce", "fp16", "powersgd")
-OPTIMIZERS = ("adam", "sgd")
 HOST = "127.0.0.1"
 
 
@@ -61,19 +63,13 @@ def check_port_free(port: int, host: str = HOST) -> None:
     Checked before any process starts, so a busy port fails at once with a clear message instead
     of rank 0 failing to bind its rendezvous store while rank 1 waits for it.
     """
-    if not isinstance(port, int) or not 1024 <= port <= 65535:
-        raise ValueError(f"port must be an integer in [1024, 65535], got {port!r}")
+    check_int("port", port, minimum=1024, maximum=65535)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         try:
             s.bind((host, port))
         except OSError as error:
             raise ValueError(f"port {port} on {host} is already in use ({error.strerror}); "
                              "pass another port, or port=None to pick a free one") from None
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -99,23 +95,21 @@ class DataParallelConfig:
     timeout: float = 60.0
 
     def __post_init__(self):
-        _check_positive_int("world_size", self.world_size)
-        _check_positive_int("num_epochs", self.num_epochs)
-        _check_positive_int("batch_size", self.batch_size)
+        check_int("world_size", self.world_size, minimum=1)
+        check_int("num_epochs", self.num_epochs, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
         if self.batch_size % self.world_size:
             raise ValueError(f"batch_size must be divisible by world_size={self.world_size}, "
                              f"got {self.batch_size}")
-        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
-            raise ValueError(f"lr must be positive, got {self.lr!r}")
+        check_number("lr", self.lr, 0, low_open=True)
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        _check_positive_int("seed", self.seed, minimum=0)
+        check_int("seed", self.seed, minimum=0)
         if self.comm_hook not in COMM_HOOKS:
             raise ValueError(f"comm_hook must be one of {COMM_HOOKS}, got {self.comm_hook!r}")
-        _check_positive_int("powersgd_rank", self.powersgd_rank)
-        _check_positive_int("powersgd_start", self.powersgd_start, minimum=2)
-        if not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, got {self.timeout!r}")
+        check_int("powersgd_rank", self.powersgd_rank, minimum=1)
+        check_int("powersgd_start", self.powersgd_start, minimum=2)
+        check_number("timeout", self.timeout, 0, low_open=True)
 
 
 @dataclass
@@ -144,25 +138,10 @@ class DataParallelResult:
 # The per-process training loop (the code each GPU / machine runs)
 # ----------------------------------------------------------------------------------------------
 
-def global_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
-    """The shuffled global batches of one epoch, identical on every rank (seeded by seed, epoch).
-
-    The last, incomplete batch is dropped so every step has exactly ``batch_size`` examples.
-    """
-    _check_positive_int("batch_size", batch_size)
-    if num_examples < batch_size:
-        raise ValueError(f"num_examples must be >= batch_size={batch_size}, got {num_examples}")
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    order = torch.randperm(num_examples, generator=generator)
-    steps = num_examples // batch_size
-    return list(order[: steps * batch_size].view(steps, batch_size))
-
-
 def local_batch(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     """Rank ``rank``'s contiguous slice of a global batch (what DistributedSampler does per epoch)."""
-    _check_positive_int("world_size", world_size)
-    if not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in [0, {world_size}), got {rank!r}")
+    check_int("world_size", world_size, minimum=1)
+    check_int("rank", rank, minimum=0, maximum=world_size - 1)
     if len(batch) % world_size:
         raise ValueError(f"batch of {len(batch)} cannot be split evenly over world_size={world_size}")
     size = len(batch) // world_size
@@ -234,9 +213,7 @@ def train_data_parallel(model: nn.Module, dataset: TensorDataset, config: DataPa
         net = DDP(model)
         register_comm_hook(net, config.comm_hook, config.powersgd_rank, config.powersgd_start,
                            config.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = (torch.optim.Adam(params, lr=config.lr) if config.optimizer == "adam"
-           else torch.optim.SGD(params, lr=config.lr, momentum=0.9))
+    opt = make_optimizer(model, config.optimizer, config.lr)
     result = DataParallelResult(state_dict={}, world_size=ws, comm_hook=config.comm_hook)
     counter = AllReduceCounter()
     net.train()
@@ -268,8 +245,6 @@ def train_single_process(model_fn: Callable[[], nn.Module], dataset: TensorDatas
     """
     from dataclasses import replace
 
-    from helpers.training import set_seed
-
     config = replace(config, world_size=1)
     set_seed(config.seed)
     return train_data_parallel(model_fn(), dataset, config)
@@ -298,8 +273,6 @@ def _worker(rank: int, model_fn: Callable[[], nn.Module], dataset: TensorDataset
     run = Path(run_dir)
     _redirect_output(run / f"rank{rank}.log")
     torch.set_num_threads(1)           # world_size ranks share the machine's cores
-    from helpers.training import set_seed
-
     dist.init_process_group("gloo", init_method=f"tcp://{HOST}:{port}", rank=rank,
                             world_size=configs[0].world_size,
                             timeout=timedelta(seconds=max(c.timeout for c in configs)))
@@ -361,8 +334,7 @@ def launch_data_parallel(model_fn: Callable[[], nn.Module], dataset: TensorDatas
     check_port_free(port)
     if join_timeout is None:
         join_timeout = 60 + sum(c.timeout for c in configs)
-    if not (isinstance(join_timeout, (int, float)) and join_timeout > 0):
-        raise ValueError(f"join_timeout must be a positive number of seconds, got {join_timeout!r}")
+    check_number("join_timeout", join_timeout, 0, low_open=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="ddp-") as run_dir:
         run = Path(run_dir)
@@ -392,95 +364,3 @@ def launch_data_parallel(model_fn: Callable[[], nn.Module], dataset: TensorDatas
             results.append(DataParallelResult(world_size=world_size, comm_hook=config.comm_hook,
                                               **saved))
     return results[0] if single else results
-
-
-# ----------------------------------------------------------------------------------------------
-# Mixed precision and torch.compile for a training step (single process)
-# ----------------------------------------------------------------------------------------------
-
-PRECISIONS = ("fp32", "bf16")
-
-
-def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
-                    compile: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """One training step ``step(x, y) -> loss``: forward (optionally under bf16 autocast), backward,
-    optimizer step.
-
-    ``precision="bf16"`` runs the forward under ``torch.autocast("cpu", dtype=torch.bfloat16)``:
-    matmuls and convolutions in bfloat16, weights, gradients and the optimizer state stay fp32
-    (the master-weights scheme of Micikevicius et al. 2018; bf16 keeps fp32's exponent range, so
-    no loss scaling is needed). ``compile=True`` wraps the model in ``torch.compile``, which
-    traces forward and backward and generates fused CPU kernels (Ansel et al. 2024).
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    net = torch.compile(model) if compile else model
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            loss = F.cross_entropy(net(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
-
-
-@dataclass
-class TrainingCost:
-    """One variant of :func:`compare_training_precision`: its trained model and epoch times.
-
-    ``epoch_seconds[0]`` includes ``torch.compile``'s tracing and code generation for compiled
-    variants; :attr:`steady_epoch_seconds` is the median of the later epochs.
-    """
-
-    model: nn.Module
-    precision: str
-    compiled: bool
-    epoch_seconds: list[float]
-    train_loss: list[float]
-
-    @property
-    def steady_epoch_seconds(self) -> float:
-        later = sorted(self.epoch_seconds[1:] or self.epoch_seconds)
-        return later[len(later) // 2]
-
-
-def compare_training_precision(model_fn: Callable[[], nn.Module], dataset: TensorDataset,
-                               variants: dict[str, tuple[str, bool]], *, num_epochs: int = 3,
-                               batch_size: int = 64, lr: float = 1e-3,
-                               seed: int = 0) -> dict[str, TrainingCost]:
-    """Train one model per variant ``name -> (precision, compile)``, interleaved epoch by epoch.
-
-    Every variant starts from the same weights (``model_fn()`` after seeding with ``seed``), sees
-    the same batches in the same order (:func:`global_batches`) and uses Adam with ``lr``. Epoch
-    ``e`` of every variant runs before epoch ``e + 1`` of any, so a slow spell of a shared machine
-    lands on all of them. Uses :func:`make_train_step`.
-    """
-    from helpers.training import set_seed
-
-    if not variants:
-        raise ValueError("variants must name at least one (precision, compile) pair")
-    _check_positive_int("num_epochs", num_epochs)
-    _check_positive_int("batch_size", batch_size)
-    x_all, y_all = dataset.tensors
-    costs, steps = {}, {}
-    for name, (precision, compiled) in variants.items():
-        set_seed(seed)
-        model = model_fn()
-        steps[name] = make_train_step(model, torch.optim.Adam(model.parameters(), lr=lr),
-                                      precision, compile=compiled)
-        costs[name] = TrainingCost(model, precision, compiled, [], [])
-    for epoch in range(num_epochs):
-        batches = global_batches(len(y_all), batch_size, seed, epoch)
-        for name, cost in costs.items():
-            cost.model.train()
-            start, loss_sum = time.perf_counter(), 0.0
-            for index in batches:
-                loss_sum += steps[name](x_all[index], y_all[index]).item()
-            cost.epoch_seconds.append(time.perf_counter() - start)
-            cost.train_loss.append(loss_sum / len(batches))
-    for cost in costs.values():
-        cost.model.eval()
-    return costs

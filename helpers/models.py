@@ -11,17 +11,20 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from helpers._checks import check_int
+
 
 def _check_positive_ints(name: str, values) -> tuple[int, ...]:
     values = tuple(values)
-    if not values or not all(isinstance(v, int) and v > 0 for v in values):
-        raise ValueError(f"{name} must be a non-empty sequence of positive integers, got {values!r}")
+    if not values:
+        raise ValueError(f"{name} must be a non-empty sequence of integers >= 1, got {values!r}")
+    for i, value in enumerate(values):
+        check_int(f"{name}[{i}]", value, minimum=1)
     return values
 
 
 def _check_classes(num_classes: int) -> None:
-    if not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    check_int("num_classes", num_classes, minimum=2)
 
 
 class CNN(nn.Module):
@@ -41,7 +44,7 @@ class CNN(nn.Module):
         c1, c2 = channels
         _check_positive_ints("in_channels", (in_channels,))
         _check_classes(num_classes)
-        if not isinstance(image_size, int) or image_size < 4 or image_size % 4:
+        if check_int("image_size", image_size, minimum=4) % 4:
             raise ValueError(f"image_size must be a positive multiple of 4, got {image_size!r}")
         self.in_channels, self.image_size = in_channels, image_size
         self.conv1 = nn.Conv2d(in_channels, c1, kernel_size=3, stride=1, padding=1)

@@ -1,4 +1,4 @@
-"""Pruning from scratch: magnitude masks, schedules, channel surgery and sparse storage.
+"""Pruning from scratch: magnitude masks, schedules, channel surgery, and the pruning recipes.
 
 chapters/03_algorithms/pruning.ipynb explains every function here; chapters/04_practice/pruning.ipynb
 compares them with ``torch.nn.utils.prune`` and Torch-Pruning. Three ideas, three groups:
@@ -10,25 +10,25 @@ compares them with ``torch.nn.utils.prune`` and Torch-Pruning. Three ideas, thre
   of Zhu & Gupta (2017), :func:`gradual_sparsity` (Eq. (p.3)) and :class:`GradualPruner`.
 - **Structured pruning** removes whole output channels (filters) or neurons and rebuilds smaller dense
   layers: :func:`channel_l1_norms` (the criterion of Li et al. 2017) and :func:`prune_channels`.
-- **Storage**: a mask on a dense tensor saves nothing; a sparse *format* does.
-  :func:`sparse_state_dict` encodes the weights as a bitmask plus values or as CSR, :func:`sparse_size_bytes`
-  measures the bytes of that encoding with ``torch.save``, and :func:`dense_state_dict` decodes it.
+- **Recipes** the chapters and the benchmark share: :func:`iterative_magnitude_prune` (prune and
+  fine-tune in rounds) and :func:`prune_chain` (remove channels along a chain of layers).
+
+A mask on a dense tensor saves no storage; a sparse *format* does: that is :mod:`helpers.sparse`.
 
 Masks are boolean tensors (``True`` = keep) in a dict keyed by parameter name (``"conv2.weight"``).
 """
 from __future__ import annotations
 
 import copy
-import io
-import math
 import numbers
 
-import numpy as np
 import torch
 from torch import nn
 
+from helpers._checks import check_int, get_submodule, set_submodule
+from helpers.training import train
+
 PRUNABLE_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-SPARSE_FORMATS = ("bitmask", "csr")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,14 +170,11 @@ def gradual_sparsity(step: int, *, final_sparsity: float, begin_step: int, end_s
             raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     if initial_sparsity > final_sparsity:
         raise ValueError(f"final_sparsity ({final_sparsity}) must be >= initial_sparsity ({initial_sparsity})")
-    if not (isinstance(begin_step, int) and isinstance(end_step, int)) or begin_step < 0:
-        raise ValueError(f"begin_step must be a non-negative int and end_step an int, "
-                         f"got {begin_step!r}, {end_step!r}")
+    check_int("begin_step", begin_step, minimum=0)
+    check_int("end_step", end_step)
     if end_step <= begin_step:
         raise ValueError(f"end_step ({end_step}) must be after begin_step ({begin_step})")
-    if not isinstance(frequency, int) or not 1 <= frequency <= end_step - begin_step:
-        raise ValueError(f"frequency must be an int in [1, end_step - begin_step = "
-                         f"{end_step - begin_step}], got {frequency!r}")
+    check_int("frequency", frequency, minimum=1, maximum=end_step - begin_step)  # end_step - begin_step
     if step < begin_step:
         return float(initial_sparsity)
     if step >= end_step:
@@ -194,8 +191,9 @@ class GradualPruner:
     ``end_step``) it first re-applies the current masks (the optimizer step just taken has moved
     pruned weights off zero: Adam's momentum does), then re-computes global magnitude masks at the
     scheduled sparsity and keeps pruned what was pruned, so each mask is a subset of the previous
-    one and a pruned weight never returns. On every other step it re-applies the current masks. ``masks`` holds the current masks, ``history`` the
-    ``(step, sparsity)`` pairs at which it pruned. Use ``scope="layer"`` for one fraction per tensor.
+    one and a pruned weight never returns. On every other step it re-applies the current masks.
+    ``masks`` holds the current masks, ``history`` the ``(step, sparsity)`` pairs at which it pruned.
+    Use ``scope="layer"`` for one fraction per tensor.
     """
 
     def __init__(self, *, final_sparsity: float, begin_step: int, end_step: int,
@@ -243,8 +241,7 @@ def lottery_ticket(make_model, fit, *, rounds: int, amount: float, amounts=None,
     ``round``, ``remaining`` (fraction of prunable weights alive), ``ticket`` and ``reinit``
     accuracies (``reinit`` is ``None`` in round 0).
     """
-    if not isinstance(rounds, int) or rounds < 1:
-        raise ValueError(f"rounds must be a positive integer, got {rounds!r}")
+    check_int("rounds", rounds, minimum=1)
     _count_to_prune(amount, 1)  # validates amount as a fraction in [0, 1)
     amounts = dict(amounts or {})
     model = make_model(seed)
@@ -326,20 +323,6 @@ def channels_to_keep(layer: nn.Module, amount) -> torch.Tensor:
     return torch.sort(keep).values
 
 
-def _get_module(model: nn.Module, name: str, argument: str) -> nn.Module:
-    modules = dict(model.named_modules())
-    if name not in modules or name == "":
-        layers = [n for n, m in modules.items() if isinstance(m, PRUNABLE_TYPES)]
-        raise ValueError(f"{argument} {name!r} is not a layer of the model; layers: {layers}")
-    return modules[name]
-
-
-def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)
-
-
 @torch.no_grad()
 def _slice_layer(layer: nn.Module, out_index=None, in_index=None) -> nn.Module:
     """A new layer of the same type holding only the given output rows and/or input columns."""
@@ -380,11 +363,8 @@ def prune_channels(model: nn.Module, layer: str, next_layer: str, amount=None, k
     layers (ReLU, pooling, Flatten) may sit between the two; a BatchNorm or a skip connection needs
     a dependency graph (Torch-Pruning, chapters/04_practice/pruning.ipynb).
     """
-    first = _get_module(model, layer, "layer")
-    second = _get_module(model, next_layer, "next_layer")
-    for argument, module in (("layer", first), ("next_layer", second)):
-        if not isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            raise ValueError(f"{argument} must name a Conv or Linear layer, got {type(module).__name__}")
+    first = get_submodule(model, layer, "layer", PRUNABLE_TYPES)
+    second = get_submodule(model, next_layer, "next_layer", PRUNABLE_TYPES)
     channels = first.weight.shape[0]
     if (amount is None) == (keep is None):
         raise ValueError("give exactly one of amount (fraction or count to prune) and keep (indices)")
@@ -410,95 +390,45 @@ def prune_channels(model: nn.Module, layer: str, next_layer: str, amount=None, k
                              f"produces {channels}")
         in_index = keep
     pruned = copy.deepcopy(model)
-    _set_module(pruned, layer, _slice_layer(first, out_index=keep))
-    _set_module(pruned, next_layer, _slice_layer(second, in_index=in_index))
+    set_submodule(pruned, layer, _slice_layer(first, out_index=keep))
+    set_submodule(pruned, next_layer, _slice_layer(second, in_index=in_index))
     return pruned, keep
 
 
-# ----------------------------------------------------------------------------------------------
-# Storage: what a sparse model costs in a sparse format
-# ----------------------------------------------------------------------------------------------
-def _pack_bitmask(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    mask = (tensor != 0).reshape(-1).cpu().numpy()
-    return {"format": torch.tensor([0], dtype=torch.uint8),
-            "shape": torch.tensor(tensor.shape, dtype=torch.int64),
-            "bits": torch.from_numpy(np.packbits(mask)),
-            "values": tensor.reshape(-1)[torch.from_numpy(mask)].clone()}
+#: The chain of :class:`helpers.CNN`: conv1 feeds conv2, conv2 feeds fc1 (through a Flatten).
+CNN_CHAIN = (("conv1", "conv2"), ("conv2", "fc1"))
 
 
-def _pack_csr(tensor: torch.Tensor) -> dict[str, torch.Tensor]:
-    # Built by hand (same layout as ``Tensor.to_sparse_csr``, which warns that CSR is beta).
-    matrix = tensor.reshape(tensor.shape[0], -1) if tensor.dim() > 1 else tensor.reshape(1, -1)
-    nonzero = matrix != 0
-    crow = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(nonzero.sum(dim=1), 0)])
-    index_dtype = torch.int16 if matrix.shape[1] <= torch.iinfo(torch.int16).max else torch.int32
-    return {"format": torch.tensor([1], dtype=torch.uint8),
-            "shape": torch.tensor(tensor.shape, dtype=torch.int64),
-            "crow_indices": crow.to(torch.int32),
-            "col_indices": nonzero.nonzero()[:, 1].to(index_dtype),
-            "values": matrix[nonzero].clone()}
+def prune_chain(model: nn.Module, amount, chain=CNN_CHAIN):
+    """:func:`prune_channels` along a chain of layers: ``amount`` of each ``layer``'s channels go.
 
-
-def sparse_state_dict(model: nn.Module, format: str = "bitmask", names=None) -> dict:
-    """The model's ``state_dict`` with the selected weights stored in a sparse format.
-
-    - ``"bitmask"``: one bit per weight (``numpy.packbits`` of ``W != 0``) plus the non-zero values:
-      ``numel/8 + 4·nnz`` bytes for fp32.
-    - ``"csr"``: the weight as a ``(C_out, rest)`` matrix in compressed sparse rows: row pointers
-      (int32), column indices (int16 when the rows are short enough, else int32) and the values:
-      ``4·(rows+1) + 2·nnz + 4·nnz`` bytes. Against dense fp32 (``4·numel``) it breaks even at
-      about 2/3 density (6 bytes per kept weight against 4 per weight), less the row pointers.
-
-    Every other entry (biases, buffers) stays dense. :func:`dense_state_dict` decodes it exactly.
+    ``chain`` is a sequence of ``(layer, next_layer)`` pairs, applied in order; the default halves
+    (``amount=0.5``) both convolutions of :class:`helpers.CNN`. Returns ``(pruned_model, kept)``
+    with ``kept[layer]`` the indices of the channels kept (of the layer as it was then).
     """
-    if format not in SPARSE_FORMATS:
-        raise ValueError(f"format must be one of {SPARSE_FORMATS}, got {format!r}")
-    selected = prunable_weights(model, names)
-    pack = _pack_bitmask if format == "bitmask" else _pack_csr
-    encoded = {}
-    for name, value in model.state_dict().items():
-        if name in selected:
-            for key, part in pack(value.detach()).items():
-                encoded[f"{name}::{key}"] = part
-        else:
-            encoded[name] = value.detach().clone()
-    return encoded
+    kept = {}
+    for layer, next_layer in chain:
+        model, kept[layer] = prune_channels(model, layer, next_layer, amount=amount)
+    return model, kept
 
 
-def dense_state_dict(encoded: dict) -> dict[str, torch.Tensor]:
-    """Decode :func:`sparse_state_dict` back to an ordinary ``state_dict`` (bit-exact)."""
-    dense, parts = {}, {}
-    for key, value in encoded.items():
-        if "::" in key:
-            name, part = key.split("::", 1)
-            parts.setdefault(name, {})[part] = value
-        else:
-            dense[key] = value
-    for name, p in parts.items():
-        shape = tuple(int(s) for s in p["shape"])
-        numel = math.prod(shape)
-        if int(p["format"][0]) == 0:
-            mask = np.unpackbits(p["bits"].numpy(), count=numel).astype(bool)
-            flat = torch.zeros(numel, dtype=p["values"].dtype)
-            flat[torch.from_numpy(mask)] = p["values"]
-            dense[name] = flat.view(shape)
-        else:
-            rows = shape[0] if len(shape) > 1 else 1
-            counts = p["crow_indices"].long().diff()
-            row_index = torch.repeat_interleave(torch.arange(rows), counts)
-            matrix = torch.zeros(rows, numel // rows, dtype=p["values"].dtype)
-            matrix[row_index, p["col_indices"].long()] = p["values"]
-            dense[name] = matrix.reshape(shape)
-    return dense
+def iterative_magnitude_prune(model: nn.Module, train_loader, amount, *, rounds: int, epochs_per_round: int,
+                              names=None) -> nn.Module:
+    """Prune-then-fine-tune in ``rounds`` rounds to global sparsity ``amount`` (Han et al. 2015).
 
-
-def sparse_size_bytes(model: nn.Module, format: str = "bitmask", names=None) -> int:
-    """Bytes of ``torch.save(sparse_state_dict(model, format))``: the measured sparse file size.
-
-    Compare with :func:`helpers.model_size_bytes` (the dense ``state_dict``). Masks must be applied
-    (weights really zero); a model still carrying ``torch.nn.utils.prune`` hooks should be
-    ``prune.remove``d first.
+    A copy of ``model``; round ``r`` of ``R`` prunes it to ``1 - (1 - amount)^(r / R)`` with
+    :func:`global_magnitude_prune` (the same fraction of the surviving weights each round), then
+    trains ``epochs_per_round`` epochs with :func:`helpers.train`, masks re-applied after every step
+    (:func:`apply_masks`). The zeros are in the returned weights: no mask or hook stays behind.
+    Seed before calling (:func:`helpers.set_seed`) for a repeatable run.
     """
-    buffer = io.BytesIO()
-    torch.save(sparse_state_dict(model, format, names), buffer)
-    return buffer.getbuffer().nbytes
+    check_int("rounds", rounds, minimum=1)
+    check_int("epochs_per_round", epochs_per_round, minimum=0)
+    _count_to_prune(amount, 1)  # validates amount as a fraction in [0, 1)
+    pruned = copy.deepcopy(model)
+    for r in range(1, rounds + 1):
+        masks = global_magnitude_prune(pruned, 1 - (1 - amount) ** (r / rounds), names)
+        if epochs_per_round:
+            train(pruned, train_loader, num_epochs=epochs_per_round, quiet=True,
+                  after_step=lambda m, masks=masks: apply_masks(m, masks))
+    return pruned

@@ -1,7 +1,8 @@
 """Uniform affine quantization from scratch: the pieces chapters/03_algorithms/quantization.ipynb derives.
 
 A real number ``x`` is stored as an integer ``q`` with a scale ``s`` (a positive float) and a
-zero-point ``z`` (an integer in the code range), Jacob et al. (2018), equations ``q-quantize`` and ``q-dequantize`` of the chapter::
+zero-point ``z`` (an integer in the code range), Jacob et al. (2018), equations ``q-quantize`` and
+``q-dequantize`` of the chapter::
 
     q = clamp(round(x / s) + z, q_min, q_max)        x_hat = s * (q - z)
 
@@ -11,17 +12,33 @@ so ``tests/test_quantization.py`` can check it against ``torch.fake_quantize_per
 ``torch.fake_quantize_per_channel_affine``, ``torch.quantize_per_tensor`` and the observers of
 ``torch.ao.quantization``. chapters/04_practice/quantization.ipynb uses the library versions and
 this module's weight fake-quantizer for the low-bit sweep (PTQ vs QAT).
+
+The library recipes, each written once here for every chapter and the benchmark: int8 static PTQ
+and QAT with eager ``torch.ao.quantization`` (:func:`ptq_eager`, :func:`qat_eager`; deprecated but
+still taught), and int8 PTQ through PyTorch 2 export (pt2e) with a backend quantizer:
+:func:`pt2e_quantize` (torchao's ``X86InductorQuantizer``, run compiled on this CPU) and
+:func:`xnnpack_quantize` (ExecuTorch's ``XNNPACKQuantizer``, for :func:`helpers.runtimes.to_executorch`).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
-import warnings
 from typing import Iterable
 
 import torch
+import torch.ao.quantization as tq
 from torch import nn
 from torch.nn.utils import parametrize
+from torchao.quantization.pt2e import allow_exported_model_train_eval
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+from torchao.quantization.pt2e.quantizer.x86_inductor_quantizer import (
+    X86InductorQuantizer,
+    get_default_x86_inductor_quantization_config,
+)
+
+from helpers._checks import check_int
+from helpers.noise import int8_kernels, taught_torch_ao_warnings
+from helpers.runtimes import export_program
+from helpers.training import set_seed, train
 
 #: Bit widths this module supports (2..16): 1 bit has no room for a zero and a sign; 16 is enough
 #: for any accumulator-free use in the book.
@@ -33,10 +50,7 @@ EPS = torch.finfo(torch.float32).eps
 
 
 def _check_bits(bits: int) -> None:
-    if isinstance(bits, bool) or not isinstance(bits, int):
-        raise TypeError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
-    if not MIN_BITS <= bits <= MAX_BITS:
-        raise ValueError(f"bits must be an integer in {MIN_BITS}..{MAX_BITS}, got {bits!r}")
+    check_int("bits", bits, minimum=MIN_BITS, maximum=MAX_BITS)
 
 
 def qrange(bits: int = 8, signed: bool = False) -> tuple[int, int]:
@@ -48,7 +62,9 @@ def qrange(bits: int = 8, signed: bool = False) -> tuple[int, int]:
 
 
 def calculate_qparams(min_val, max_val, bits: int = 8, symmetric: bool = False):
-    """Scale and zero-point from a calibrated range ``[min_val, max_val]`` (equation ``q-qparams`` of chapters/03_algorithms/quantization.ipynb).
+    """Scale and zero-point from a calibrated range ``[min_val, max_val]``.
+
+    Equation ``q-qparams`` of chapters/03_algorithms/quantization.ipynb.
 
     The range is first widened to include 0, so that 0 (padding, ReLU output) is exact.
 
@@ -136,7 +152,8 @@ def quantize(x: torch.Tensor, scale, zero_point, bits: int = 8, signed: bool = F
 
 
 def dequantize(q: torch.Tensor, scale, zero_point, axis: int | None = None) -> torch.Tensor:
-    """``x_hat = s * (q - z)`` (equation ``q-dequantize``): back to float32, per tensor or per channel along ``axis``."""
+    """``x_hat = s * (q - z)`` (equation ``q-dequantize``): back to float32, per tensor or per channel
+    along ``axis``."""
     scale_b = _broadcast(torch.as_tensor(scale, dtype=torch.float32), q, axis)
     zp_b = _broadcast(torch.as_tensor(zero_point).to(torch.int64), q, axis)
     if not torch.all(scale_b > 0):
@@ -212,8 +229,7 @@ def calibrate_range(data: torch.Tensor | Iterable[torch.Tensor], method: str = "
         qs = torch.tensor([1 - percentile / 100, percentile / 100])
         low_p, high_p = torch.quantile(sample, qs).tolist()
         return low_p, high_p
-    if not isinstance(num_candidates, int) or num_candidates < 1:
-        raise ValueError(f"num_candidates must be a positive integer, got {num_candidates!r}")
+    check_int("num_candidates", num_candidates, minimum=1)
     best, best_err = (low, high), float("inf")
     bound = max(abs(low), abs(high))
     for factor in torch.logspace(0, -3, num_candidates, dtype=torch.float64).tolist():
@@ -231,7 +247,8 @@ def calibrate_range(data: torch.Tensor | Iterable[torch.Tensor], method: str = "
 def quantized_linear(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: torch.Tensor,
                      w_scale: torch.Tensor, bias: torch.Tensor | None, out_scale: float,
                      out_zero_point: int, out_bits: int = 8) -> torch.Tensor:
-    """Integer-only ``Linear``: uint8 activations x int8 weights, int32 accumulator, requantize (equation ``q-int-linear``).
+    """Integer-only ``Linear`` (equation ``q-int-linear``): uint8 activations x int8 weights, int32
+    accumulator, requantize.
 
     ``q_x`` holds unsigned codes with zero-point ``x_zero_point``; ``q_w`` holds symmetric signed
     codes (zero-point 0) with one scale per output channel ``w_scale``; the bias is quantized to int32
@@ -240,7 +257,8 @@ def quantized_linear(q_x: torch.Tensor, x_scale: float, x_zero_point: int, q_w: 
     ``q_y = clamp(round(M * acc) + z_y)`` with ``M = x_scale * w_scale / out_scale``. Returns uint8
     codes of the output (as int32) with scale ``out_scale`` and zero-point ``out_zero_point``.
     """
-    if q_x.dtype not in (torch.int32, torch.int64, torch.uint8) or q_w.dtype not in (torch.int32, torch.int64, torch.int8):
+    if (q_x.dtype not in (torch.int32, torch.int64, torch.uint8)
+            or q_w.dtype not in (torch.int32, torch.int64, torch.int8)):
         raise TypeError(f"q_x and q_w must be integer code tensors, got {q_x.dtype} and {q_w.dtype}")
     if not x_scale > 0 or not out_scale > 0:
         raise ValueError(f"x_scale and out_scale must be positive, got {x_scale} and {out_scale}")
@@ -359,8 +377,6 @@ def quantization_aware_train(model: nn.Module, train_loader, bits: int, per_chan
     ``num_epochs`` with Adam at ``lr`` using :func:`helpers.training.train`, and returns the copy in
     eval mode, its weights still fake-quantized to ``bits``.
     """
-    from helpers.training import train
-
     quantized = quantize_weights(model, bits, per_channel)
     train(quantized, train_loader, num_epochs=num_epochs, lr=lr, quiet=True)
     return quantized.eval()
@@ -381,30 +397,6 @@ def integer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
     return codes
 
 
-#: Warnings of the pinned torch (2.14) that the book *teaches* instead of printing at every call
-#: (chapters/04_practice/quantization.ipynb shows each one once): (category, message regex, why).
-TORCH_AO_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
-    (DeprecationWarning, r"torch\.ao\.quantization is deprecated",
-     "eager-mode torch.ao.quantization is deprecated in favour of torchao; the chapter says so"),
-    (UserWarning, r"Please use quant_min and quant_max to specify the range for observers",
-     "the x86 qconfig builds its observers with reduce_range=True; a notice to qconfig authors"),
-    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor",
-     "quantized tensor dtypes (quint8/qint8) are deprecated; torch.ao's converted modules use them"),
-)
-
-
-@contextlib.contextmanager
-def taught_torch_ao_warnings():
-    """Silence exactly the :data:`TORCH_AO_WARNINGS` (which the chapter shows and explains) inside the block.
-
-    Any other warning still reaches the reader. Use it around a ``torch.ao.quantization`` call only.
-    """
-    with warnings.catch_warnings():
-        for category, message, _why in TORCH_AO_WARNINGS:
-            warnings.filterwarnings("ignore", message=message, category=category)
-        yield
-
-
 def per_channel_vs_per_tensor_sqnr(weight: torch.Tensor, bits: int = 8) -> tuple[float, float]:
     """SQNR (dB) of symmetric per-tensor and per-output-channel quantization of one weight tensor."""
     results = []
@@ -412,3 +404,97 @@ def per_channel_vs_per_tensor_sqnr(weight: torch.Tensor, bits: int = 8) -> tuple
         fq = WeightFakeQuantize(bits, per_channel)
         results.append(sqnr_db(weight, fq(weight.detach())))
     return results[0], results[1]
+
+
+# ----------------------------------------------------------------------------------------------
+# The library recipes: eager torch.ao (deprecated) and pt2e
+# ----------------------------------------------------------------------------------------------
+
+#: The conv + ReLU pairs of :class:`helpers.CNN` that eager ``torch.ao`` fuses into one int8 kernel.
+CNN_FUSION = (("conv1", "relu1"), ("conv2", "relu2"))
+
+
+def ptq_eager(model: nn.Module, calibration_batches, fuse=CNN_FUSION) -> nn.Module:
+    """int8 static PTQ with eager ``torch.ao.quantization``: a quantized copy of ``model``.
+
+    Wraps a copy between ``QuantStub`` and ``DeQuantStub`` (``QuantWrapper``), fuses the ``fuse``
+    layer groups, takes the x86 qconfig (per-channel int8 weights, uint8 activations), inserts
+    observers (``prepare``), runs every batch of ``calibration_batches`` (input tensors, or
+    ``(inputs, labels)`` pairs as a loader yields them) and converts.
+    """
+    int8 = tq.QuantWrapper(copy.deepcopy(model)).eval()
+    tq.fuse_modules(int8.module, [list(group) for group in fuse], inplace=True)
+    int8.qconfig = tq.get_default_qconfig("x86")
+    with taught_torch_ao_warnings(), int8_kernels():
+        tq.prepare(int8, inplace=True)
+        _calibrate(int8, calibration_batches)
+        tq.convert(int8, inplace=True)
+    return int8
+
+
+def qat_eager(model: nn.Module, train_loader, num_epochs: int, seed: int = 0, lr: float = 1e-4,
+              fuse=CNN_FUSION) -> nn.Module:
+    """int8 QAT with eager ``torch.ao.quantization``: fine-tune a fake-quantized copy, then convert.
+
+    Same wrapper and fusion as :func:`ptq_eager`, the x86 QAT qconfig, ``prepare_qat`` (fake-quantize
+    modules with observers), ``num_epochs`` of :func:`helpers.train` at ``lr`` from the trained
+    weights after :func:`helpers.set_seed` with ``seed``, then ``convert``.
+    """
+    set_seed(seed)
+    qat = tq.QuantWrapper(copy.deepcopy(model)).train()
+    tq.fuse_modules_qat(qat.module, [list(group) for group in fuse], inplace=True)
+    qat.qconfig = tq.get_default_qat_qconfig("x86")
+    with taught_torch_ao_warnings(), int8_kernels():
+        tq.prepare_qat(qat, inplace=True)
+        train(qat, train_loader, num_epochs=num_epochs, lr=lr, quiet=True)
+        qat.eval()
+        tq.convert(qat, inplace=True)
+    return qat
+
+
+def _calibrate(model, calibration_batches) -> None:
+    seen = 0
+    with torch.no_grad():
+        for batch in calibration_batches:
+            model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            seen += 1
+    if seen == 0:
+        raise ValueError("calibration_batches must yield at least one batch (got an empty calibration set)")
+
+
+def quantize_pt2e(model: nn.Module, quantizer, calibration_batches, example_input: torch.Tensor):
+    """The pt2e recipe for any backend quantizer: export (dynamic batch), ``prepare_pt2e``, run the
+    observers on ``calibration_batches`` (input tensors or ``(inputs, labels)``), ``convert_pt2e``."""
+    exported = export_program(copy.deepcopy(model), example_input, dynamic_batch=True).module()
+    prepared = prepare_pt2e(exported, quantizer)
+    _calibrate(prepared, calibration_batches)
+    return convert_pt2e(prepared)
+
+
+def pt2e_quantize(model: nn.Module, calibration_batches, example_input: torch.Tensor):
+    """int8 pt2e quantization for this CPU with torchao's ``X86InductorQuantizer``.
+
+    Returns the converted graph: it runs in eager PyTorch (quantize/dequantize pairs around float
+    ops), and with real int8 kernels after :func:`helpers.compile_for_inference`. ``.eval()`` is
+    allowed on it, so :func:`helpers.evaluate` takes it.
+    """
+    quantizer = X86InductorQuantizer().set_global(get_default_x86_inductor_quantization_config())
+    quantized = quantize_pt2e(model, quantizer, calibration_batches, example_input)
+    allow_exported_model_train_eval(quantized)
+    return quantized
+
+
+def xnnpack_quantize(model: nn.Module, calibration_batches, example_input: torch.Tensor):
+    """int8 pt2e quantization for XNNPACK: per-channel symmetric int8 weights, int8 activations.
+
+    ExecuTorch's ``XNNPACKQuantizer`` annotates the exported graph, the observers see
+    ``calibration_batches``, and ``convert_pt2e`` returns a graph with quantize/dequantize pairs
+    that XNNPACK's partitioner turns into int8 kernels (:func:`helpers.runtimes.to_executorch`).
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (  # lazy: executorch is heavy
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    return quantize_pt2e(model, quantizer, calibration_batches, example_input)

@@ -1,15 +1,21 @@
-"""Seeding, the training loop and evaluation shared by every chapter.
+"""Seeding, the training loop and evaluation shared by every chapter, and the cost of a training step.
 
 ``train`` is deliberately plain (one optimizer, cross-entropy by default, no tricks) so that a
 chapter's technique is the only thing that changes between two runs it compares. Hooks let the
 technique chapters reuse it: ``loss_fn`` (e.g. a distillation loss) and ``after_step`` (e.g. re-apply
 a pruning mask after every optimizer step).
+
+The cost of one training step (chapters/05_applications/training.ipynb): :func:`make_train_step`
+with bf16 autocast and ``torch.compile``, compared interleaved epoch by epoch by
+:func:`compare_training_precision` on the same batches (:func:`global_batches`, which the
+data-parallel loop of :mod:`helpers.distributed` also uses).
 """
 from __future__ import annotations
 
 import os
 import random
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -18,8 +24,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 from tqdm import tqdm
+
+from helpers._checks import check_int
+from helpers.models import CNN
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -33,8 +42,7 @@ def set_seed(seed: int) -> None:
     Together with :func:`helpers.data.make_loader` (which seeds its own shuffling) this makes a
     training run repeatable on the same machine and thread count.
     """
-    if not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    check_int("seed", seed, minimum=0)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -135,11 +143,9 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
     Training accuracy is measured on the fly (in train mode, while the weights move), as
     frameworks usually report it; validation metrics come from :func:`evaluate`.
     """
-    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
-    if max_steps is not None and (isinstance(max_steps, bool) or not isinstance(max_steps, int)
-                                  or max_steps < 1):
-        raise ValueError(f"max_steps must be a positive integer or None, got {max_steps!r}")
+    check_int("num_epochs", num_epochs, minimum=1)
+    if max_steps is not None:
+        check_int("max_steps", max_steps, minimum=1)
     opt = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
            else make_optimizer(model, optimizer, lr, weight_decay))
     writer = None
@@ -204,11 +210,113 @@ def train_baseline(train_loader: DataLoader, *, seed: int = 0, num_epochs: int =
     Seeds with ``seed`` before building the model, so the same loader state gives the same
     weights. Takes a few seconds on two cores, which is why no checkpoint is cached.
     """
-    from helpers.models import CNN
-
     set_seed(seed)
     model = CNN()
     history = train(model, train_loader, num_epochs=num_epochs, lr=lr, val_loader=val_loader,
                     log_dir=log_dir, quiet=True)
     model.eval()
     return model, history
+
+
+def global_batches(num_examples: int, batch_size: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """The shuffled global batches of one epoch, identical on every rank (seeded by seed, epoch).
+
+    The last, incomplete batch is dropped so every step has exactly ``batch_size`` examples.
+    """
+    check_int("batch_size", batch_size, minimum=1)
+    if num_examples < batch_size:
+        raise ValueError(f"num_examples must be >= batch_size={batch_size}, got {num_examples}")
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(num_examples, generator=generator)
+    steps = num_examples // batch_size
+    return list(order[: steps * batch_size].view(steps, batch_size))
+
+
+# ----------------------------------------------------------------------------------------------
+# The cost of a training step: bf16 autocast and torch.compile (chapters/05_applications/training.ipynb)
+# ----------------------------------------------------------------------------------------------
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def make_train_step(model: nn.Module, optimizer: torch.optim.Optimizer, precision: str = "fp32",
+                    compile: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """One training step ``step(x, y) -> loss``: forward (optionally under bf16 autocast), backward,
+    optimizer step.
+
+    ``precision="bf16"`` runs the forward under ``torch.autocast("cpu", dtype=torch.bfloat16)``:
+    matmuls and convolutions in bfloat16, weights, gradients and the optimizer state stay fp32
+    (the master-weights scheme of Micikevicius et al. 2018; bf16 keeps fp32's exponent range, so
+    no loss scaling is needed). ``compile=True`` wraps the model in ``torch.compile``, which
+    traces forward and backward and generates fused CPU kernels (Ansel et al. 2024).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    net = torch.compile(model) if compile else model
+
+    def step(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+@dataclass
+class TrainingCost:
+    """One variant of :func:`compare_training_precision`: its trained model and epoch times.
+
+    ``epoch_seconds[0]`` includes ``torch.compile``'s tracing and code generation for compiled
+    variants; :attr:`steady_epoch_seconds` is the median of the later epochs.
+    """
+
+    model: nn.Module
+    precision: str
+    compiled: bool
+    epoch_seconds: list[float]
+    train_loss: list[float]
+
+    @property
+    def steady_epoch_seconds(self) -> float:
+        later = sorted(self.epoch_seconds[1:] or self.epoch_seconds)
+        return later[len(later) // 2]
+
+
+def compare_training_precision(model_fn: Callable[[], nn.Module], dataset: TensorDataset,
+                               variants: dict[str, tuple[str, bool]], *, num_epochs: int = 3,
+                               batch_size: int = 64, lr: float = 1e-3,
+                               seed: int = 0) -> dict[str, TrainingCost]:
+    """Train one model per variant ``name -> (precision, compile)``, interleaved epoch by epoch.
+
+    Every variant starts from the same weights (``model_fn()`` after seeding with ``seed``), sees
+    the same batches in the same order (:func:`global_batches`) and uses Adam with ``lr``. Epoch
+    ``e`` of every variant runs before epoch ``e + 1`` of any, so a slow spell of a shared machine
+    lands on all of them. Uses :func:`make_train_step`.
+    """
+    if not variants:
+        raise ValueError("variants must name at least one (precision, compile) pair")
+    check_int("num_epochs", num_epochs, minimum=1)
+    check_int("batch_size", batch_size, minimum=1)
+    x_all, y_all = dataset.tensors
+    costs, steps = {}, {}
+    for name, (precision, compiled) in variants.items():
+        set_seed(seed)
+        model = model_fn()
+        steps[name] = make_train_step(model, torch.optim.Adam(model.parameters(), lr=lr),
+                                      precision, compile=compiled)
+        costs[name] = TrainingCost(model, precision, compiled, [], [])
+    for epoch in range(num_epochs):
+        batches = global_batches(len(y_all), batch_size, seed, epoch)
+        for name, cost in costs.items():
+            cost.model.train()
+            start, loss_sum = time.perf_counter(), 0.0
+            for index in batches:
+                loss_sum += steps[name](x_all[index], y_all[index]).item()
+            cost.epoch_seconds.append(time.perf_counter() - start)
+            cost.train_loss.append(loss_sum / len(batches))
+    for cost in costs.values():
+        cost.model.eval()
+    return costs

@@ -18,6 +18,7 @@ Building blocks: :func:`freeze`, :func:`unfreeze`, :func:`replace_head`, :func:`
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from typing import Iterable, Sequence
@@ -27,7 +28,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from helpers.training import History, train
+from helpers._checks import check_int, check_number, set_submodule
+from helpers.data import make_loader, take_per_class
+from helpers.models import CNN
+from helpers.training import History, set_seed, train
 
 #: The head of :class:`helpers.CNN`; everything before it (conv1 .. flatten) is the body.
 DEFAULT_HEAD = "fc1"
@@ -113,9 +117,7 @@ def replace_head(model: nn.Module, head: nn.Module | int, name: str = DEFAULT_HE
     if width is not None and new_width is not None and new_width != width:
         raise ValueError(f"head expects {new_width} input features but the body feeds layer "
                          f"{name!r} {width} features")
-    parent_name, _, attr = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, head)
+    set_submodule(model, name, head)
     for p in head.parameters():
         p.requires_grad_(True)
     return model
@@ -241,10 +243,8 @@ def linear_probe(model: nn.Module, train_loader: DataLoader, *, num_steps: int =
 
 
 def _check_steps_lr(num_steps: int, lr: float) -> None:
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
+    check_int("num_steps", num_steps, minimum=1)
+    check_number("lr", lr, 0, low_open=True)
 
 
 def fine_tune(model: nn.Module, train_loader: DataLoader, *, num_steps: int = 50, lr: float = 1e-3,
@@ -359,10 +359,8 @@ def train_swa(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, sw
     """
     from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
-    if not isinstance(num_epochs, int) or num_epochs < 1:
-        raise ValueError(f"num_epochs must be a positive integer, got {num_epochs!r}")
-    if not isinstance(swa_start, int) or not 0 <= swa_start < num_epochs:
-        raise ValueError(f"swa_start must be an integer in [0, num_epochs), got {swa_start!r}")
+    check_int("num_epochs", num_epochs, minimum=1)
+    check_int("swa_start", swa_start, minimum=0, maximum=num_epochs - 1)
     if not (lr > 0 and swa_lr > 0):
         raise ValueError(f"lr and swa_lr must be positive, got {lr!r} and {swa_lr!r}")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
@@ -383,3 +381,35 @@ def train_swa(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, sw
     swa_model.eval()
     return model, swa_model
 
+
+#: The four few-label recipes chapters/03_algorithms/transfer.ipynb compares (Kumar et al. 2022).
+RECIPES = ("scratch", "linear probe", "fine-tune", "LP-FT")
+
+
+def run_recipe(recipe: str, source_model: nn.Module, train_set, labels_per_class: int | str, seed: int, *,
+               num_steps: int = 100, make_model=CNN) -> nn.Module:
+    """One of :data:`RECIPES` on ``labels_per_class`` labelled examples per class of ``train_set``.
+
+    The labelled subset is :func:`helpers.data.take_per_class` with ``seed`` (``"all"``: the whole
+    set), in batches of up to 64 shuffled with ``seed``; :func:`helpers.set_seed` with ``seed`` before
+    the model is built. ``"scratch"`` trains ``make_model()`` for ``num_steps`` steps
+    (:func:`fine_tune`); ``"linear probe"`` is :func:`linear_probe` on a copy of ``source_model``;
+    ``"fine-tune"`` gives a copy a new 10-class head (:func:`replace_head`) and fine-tunes it
+    ``num_steps`` steps; ``"LP-FT"`` is :func:`lp_ft` with ``num_steps``. Returns the trained model.
+    """
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {RECIPES}, got {recipe!r}")
+    subset = train_set if labels_per_class == "all" else take_per_class(train_set, labels_per_class, seed)
+    loader = make_loader(subset, min(len(subset), 64), shuffle=True, seed=seed)
+    set_seed(seed)
+    model = make_model() if recipe == "scratch" else copy.deepcopy(source_model)
+    if recipe == "scratch":
+        fine_tune(model, loader, num_steps=num_steps)
+    elif recipe == "linear probe":
+        linear_probe(model, loader)
+    elif recipe == "fine-tune":
+        replace_head(model, 10)
+        fine_tune(model, loader, num_steps=num_steps)
+    else:
+        lp_ft(model, loader, num_steps=num_steps)
+    return model

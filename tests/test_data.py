@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from helpers.data import (MNIST_MEAN, MNIST_STD, load_digits, load_mnist, make_loader, random_batches,
-                          take_per_class)
+from helpers.data import MNIST_MEAN, MNIST_STD, load_digits, load_mnist, make_loader, random_batches, take_per_class
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +75,18 @@ def test_digits_stretch_layout_and_size():
     assert 0.0 <= x.min().item() and x.max().item() <= 1.0
 
 
-@pytest.mark.parametrize("kwargs, name", [({"size": 4}, "size"), ({"size": 28.0}, "size"),
-                                          ({"layout": "center"}, "layout"),
+@pytest.mark.parametrize("kwargs, name", [({"size": 4}, "size"), ({"layout": "center"}, "layout"),
                                           ({"test_size": 1.5}, "test_size")])
 def test_bad_digits_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
+        load_digits(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"size": 28.0}, "size must be an integer >= 8, got 28.0"),
+                                             ({"size": True}, "size must be an integer >= 8, got True"),
+                                             ({"test_size": "0.2"}, "test_size must be a number in")])
+def test_digits_arguments_of_the_wrong_type(kwargs, message):
+    with pytest.raises(TypeError, match=message):
         load_digits(**kwargs)
 
 
@@ -92,9 +98,9 @@ def test_take_per_class_is_exact_and_seeded(mnist):
     assert take_per_class(mnist.train, 5, seed=4).indices != subset.indices
 
 
-@pytest.mark.parametrize("n", [0, -1, 401, 2.5])
-def test_take_per_class_rejects_bad_n(mnist, n):
-    with pytest.raises(ValueError, match="n"):
+@pytest.mark.parametrize("n, error", [(0, ValueError), (-1, ValueError), (401, ValueError), (2.5, TypeError)])
+def test_take_per_class_rejects_bad_n(mnist, n, error):
+    with pytest.raises(error, match="n"):
         take_per_class(mnist.train, n)
 
 
@@ -108,9 +114,9 @@ def test_make_loader_shuffle_depends_only_on_seed(mnist):
     assert torch.equal(ordered, mnist.train.tensors[1][:10])
 
 
-@pytest.mark.parametrize("batch_size", [0, -4, 1.5])
-def test_make_loader_rejects_bad_batch_size(mnist, batch_size):
-    with pytest.raises(ValueError, match="batch_size"):
+@pytest.mark.parametrize("batch_size, error", [(0, ValueError), (-4, ValueError), (1.5, TypeError)])
+def test_make_loader_rejects_bad_batch_size(mnist, batch_size, error):
+    with pytest.raises(error, match="batch_size must be an integer >= 1"):
         make_loader(mnist.train, batch_size)
 
 

@@ -8,8 +8,19 @@ from torch import nn
 from torch.nn.utils import prune
 
 from helpers.data import load_mnist, make_loader
-from helpers.measure import (Latency, _percentile, compare, compile_for_inference, count_parameters,
-                             cpu_features, latencies, latency, machine_info, model_size_bytes, sparsity)
+from helpers.measure import (
+    Latency,
+    _percentile,
+    compare,
+    compile_for_inference,
+    count_parameters,
+    cpu_features,
+    latencies,
+    latency,
+    machine_info,
+    size_bytes,
+    sparsity,
+)
 from helpers.models import CNN
 
 
@@ -26,20 +37,20 @@ def test_model_size_tracks_the_fp32_bytes():
     small, large = nn.Linear(100, 100), nn.Linear(1000, 100)
     # 4 bytes per float32 parameter plus a small, fixed serialization overhead
     for model in (small, large):
-        assert 4 * count_parameters(model) < model_size_bytes(model) < 4 * count_parameters(model) + 2000
+        assert 4 * count_parameters(model) < size_bytes(model) < 4 * count_parameters(model) + 2000
     buffer = io.BytesIO()
     torch.save(large.state_dict(), buffer)
-    assert model_size_bytes(large) == len(buffer.getvalue())
+    assert size_bytes(large) == len(buffer.getvalue())
 
 
 def test_sparsity_reads_masked_weights_and_a_pruning_mask_does_not_shrink_the_file():
     model = CNN()
     assert sparsity(model) == 0.0
-    dense_size = model_size_bytes(model)
+    dense_size = size_bytes(model)
     prune.l1_unstructured(model.fc1, "weight", amount=0.5)
     weights = sum(m.weight.numel() for m in (model.conv1, model.conv2, model.fc1))
     assert sparsity(model) == pytest.approx(round(0.5 * model.fc1.weight.numel()) / weights)
-    assert model_size_bytes(model) > dense_size  # weight_orig + weight_mask: bigger, not smaller
+    assert size_bytes(model) > dense_size  # weight_orig + weight_mask: bigger, not smaller
 
 
 def test_sparsity_needs_a_layer():
@@ -86,6 +97,24 @@ def test_compile_for_inference_computes_the_same_function():
     compiled = compile_for_inference(model, x)
     with torch.inference_mode():
         assert torch.allclose(compiled(x), model(x), atol=1e-4)
+    with pytest.raises(ValueError, match="example_inputs"):
+        compile_for_inference(model)
+
+
+@pytest.mark.parametrize("dynamic", [False, None])
+def test_compile_for_inference_warms_every_batch_shape(dynamic):
+    torch.manual_seed(0)
+    model = CNN(channels=(4, 8)).train()
+    x1, x16 = torch.randn(1, 1, 28, 28), torch.randn(16, 1, 28, 28)
+    torch._dynamo.reset()
+    compiled = compile_for_inference(model, x1, x16, dynamic=dynamic)
+    assert not model.training
+    frames = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        for x in (x1, x16):
+            assert torch.allclose(compiled(x), model(x), atol=1e-4)
+    # both shapes were compiled while warming up: timing them later compiles nothing new
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames >= 1
 
 
 def test_machine_info_names_what_latency_depends_on():
@@ -128,3 +157,12 @@ def test_layer_costs_match_a_hand_count_for_the_source_cnn():
     assert table["param_share"].sum() == pytest.approx(1.0, abs=0.002)
     with pytest.raises(ValueError, match="no Conv2d or Linear"):
         layer_costs(nn.ReLU(), torch.zeros(1, 3))
+
+
+def test_size_bytes_of_compiled_model_and_program_bytes():
+    model = CNN(channels=(4, 8))
+    compiled = torch.compile(model)
+    assert size_bytes(compiled) == size_bytes(model)
+    assert size_bytes(b"\x00" * 123) == 123
+    with pytest.raises(TypeError, match="model must be"):
+        size_bytes(3)

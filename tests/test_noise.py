@@ -1,15 +1,30 @@
 """helpers.noise: only the exact known messages are dropped, anything else still reaches stderr."""
+import io
 import logging
+import subprocess
+import sys
+import warnings
+
+import torch
 
 import helpers  # noqa: F401 - installs the filters
-from helpers.noise import KNOWN_NOISE, install
+from helpers.noise import (
+    INDUCTOR_INT8_NOTICE,
+    KNOWN_NOISE,
+    TORCH_AO_WARNINGS,
+    inductor_int8_notices_dropped,
+    install,
+    int8_kernels,
+    known_runtime_logs_dropped,
+    taught_torch_ao_warnings,
+)
 
 
 def test_known_messages_are_dropped_and_others_pass(caplog):
     install()  # idempotent
     for name, (prefix, _why) in KNOWN_NOISE.items():
         logger = logging.getLogger(name)
-        assert sum(type(f).__name__ == "_DropKnownNoise" for f in logger.filters) == 1
+        assert sum(type(f).__name__ == "_DropPrefixes" for f in logger.filters) == 1
         with caplog.at_level(logging.WARNING, logger=name):
             caplog.clear()
             logger.warning(prefix + " something")
@@ -18,9 +33,51 @@ def test_known_messages_are_dropped_and_others_pass(caplog):
 
 
 def test_importing_torchao_logs_nothing_on_stderr():
-    import subprocess
-    import sys
-
     out = subprocess.run([sys.executable, "-c", "import helpers, torchao"], capture_output=True,
                          text=True, check=True)
     assert out.stderr == ""
+
+
+def test_taught_torch_ao_warnings_drop_exactly_those():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with taught_torch_ao_warnings():
+            for category, pattern, _why in TORCH_AO_WARNINGS:
+                warnings.warn(pattern.replace("\\", ""), category)
+            warnings.warn("torch.ao.quantization is fine", UserWarning)
+    assert [str(w.message) for w in caught] == ["torch.ao.quantization is fine"]
+
+
+def test_inductor_notice_dropped_only_inside_the_block():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with inductor_int8_notices_dropped():
+            warnings.warn(INDUCTOR_INT8_NOTICE + " t, use t.clone()", UserWarning)
+            warnings.warn("another notice", UserWarning)
+        warnings.warn(INDUCTOR_INT8_NOTICE + " again", UserWarning)
+    assert [str(w.message) for w in caught] == ["another notice", INDUCTOR_INT8_NOTICE + " again"]
+
+
+def test_int8_kernels_switches_determinism_off_and_restores_it():
+    helpers.set_seed(0)  # deterministic, warn-only
+    with int8_kernels():
+        assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.are_deterministic_algorithms_enabled()
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        with int8_kernels():
+            raise RuntimeError("inside")
+    except RuntimeError:
+        pass
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_known_runtime_logs_are_dropped_and_others_pass(monkeypatch):
+    sink = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", sink)
+    with known_runtime_logs_dropped():
+        sys.stderr.write("[cpuinfo_utils.cpp:87] Failed to open midr file /sys/devices/soc0/image_version\n")
+        sys.stderr.write("[cpuinfo_utils.cpp:125] CPU info and manual query on # of cpus dont match.\n")
+        sys.stderr.write("[method.cpp:1243] Error resizing tensor at input 0\n")
+    assert sink.getvalue() == "[method.cpp:1243] Error resizing tensor at input 0\n"

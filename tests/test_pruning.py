@@ -7,12 +7,24 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from helpers.measure import count_parameters, model_size_bytes
+from helpers.measure import count_parameters, size_bytes
 from helpers.models import CNN, MLP
-from helpers.pruning import (apply_masks, channel_l1_norms, channels_to_keep, dense_state_dict,
-                             global_magnitude_prune, gradual_sparsity, layerwise_magnitude_prune,
-                             magnitude_mask, prunable_weights, prune_channels, random_masks,
-                             sparse_size_bytes, sparse_state_dict, sparsity_report)
+from helpers.pruning import (
+    apply_masks,
+    channel_l1_norms,
+    channels_to_keep,
+    global_magnitude_prune,
+    gradual_sparsity,
+    iterative_magnitude_prune,
+    layerwise_magnitude_prune,
+    magnitude_mask,
+    prunable_weights,
+    prune_chain,
+    prune_channels,
+    random_masks,
+    sparsity_report,
+)
+from helpers.sparse import dense_state_dict, sparse_size_bytes, sparse_state_dict
 
 
 def seeded_cnn(seed=0):
@@ -222,7 +234,7 @@ def test_sparse_state_dict_round_trips_and_is_smaller(fmt):
     original = model.state_dict()
     assert decoded.keys() == original.keys()
     assert all(torch.equal(decoded[k], original[k]) for k in original)
-    dense, sparse = model_size_bytes(model), sparse_size_bytes(model, fmt)
+    dense, sparse = size_bytes(model), sparse_size_bytes(model, fmt)
     assert sparse == buffer.getbuffer().nbytes
     # payload formulas (the rest is torch.save's per-tensor overhead, a few hundred bytes each)
     weights = prunable_weights(model)
@@ -339,3 +351,42 @@ def test_lottery_ticket_rewinds_survivors_to_their_initial_values():
     assert not torch.equal(seen[2]["layers.1.weight"][kept], first["layers.1.weight"][kept])
     with pytest.raises(ValueError, match="amounts names"):
         lottery_ticket(make_model, fit, rounds=1, amount=0.5, amounts={"fc9.weight": 0.1})
+
+
+def test_prune_chain_halves_both_convolutions_like_two_prune_channels_calls():
+    model = seeded_cnn()
+    pruned, kept = prune_chain(model, 0.5)
+    step1, keep1 = prune_channels(model, "conv1", "conv2", amount=0.5)
+    step2, keep2 = prune_channels(step1, "conv2", "fc1", amount=0.5)
+    assert torch.equal(kept["conv1"], keep1) and torch.equal(kept["conv2"], keep2)
+    for (name, a), (_, b) in zip(pruned.state_dict().items(), step2.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert pruned.conv1.out_channels == model.conv1.out_channels // 2
+    assert pruned.conv2.out_channels == model.conv2.out_channels // 2
+    assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_iterative_magnitude_prune_reaches_the_target_and_keeps_zeros():
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
+    model = seeded_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pruned = iterative_magnitude_prune(model, loader, 0.9, rounds=3, epochs_per_round=1)
+    weights = prunable_weights(pruned)
+    zeros = sum(int((w == 0).sum()) for w in weights.values())
+    total = sum(w.numel() for w in weights.values())
+    assert zeros == round(0.9 * total)  # the last round prunes to exactly the target, after training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # model untouched
+    assert not any(isinstance(m, prune.BasePruningMethod) for m in pruned._forward_pre_hooks.values())
+    # with zero training epochs it is one-shot global magnitude pruning to the target
+    oneshot = seeded_cnn()
+    global_magnitude_prune(oneshot, 0.9)
+    no_training = iterative_magnitude_prune(seeded_cnn(), loader, 0.9, rounds=3, epochs_per_round=0)
+    assert all(torch.equal(a, b) for a, b in zip(no_training.parameters(), oneshot.parameters()))
+    with pytest.raises(ValueError, match=r"rounds must be an integer >= 1, got 0"):
+        iterative_magnitude_prune(model, loader, 0.5, rounds=0, epochs_per_round=1)
+    with pytest.raises(TypeError, match=r"rounds must be an integer >= 1, got True"):
+        iterative_magnitude_prune(model, loader, 0.5, rounds=True, epochs_per_round=1)
+    with pytest.raises(ValueError, match=r"amount must be a fraction in \[0, 1\)"):
+        iterative_magnitude_prune(model, loader, 1.0, rounds=2, epochs_per_round=1)

@@ -1,16 +1,35 @@
 """helpers.quantization checked against PyTorch's own quantization ops, edge cases and bad input."""
 import warnings
+from operator import attrgetter
 
 import pytest
 import torch
 from torch import nn
 
 from helpers.data import load_mnist, make_loader
+from helpers.measure import size_bytes
 from helpers.models import CNN
-from helpers.quantization import (FakeQuantize, WeightFakeQuantize, calculate_qparams, calibrate_range,
-                                  dequantize, fake_quantize, integer_weights, per_channel_vs_per_tensor_sqnr,
-                                  post_training_quantize, qrange, quantization_aware_train, quantize,
-                                  quantize_weights, quantized_linear, sqnr_db, taught_torch_ao_warnings)
+from helpers.noise import int8_kernels, taught_torch_ao_warnings
+from helpers.quantization import (
+    FakeQuantize,
+    calculate_qparams,
+    calibrate_range,
+    dequantize,
+    fake_quantize,
+    integer_weights,
+    per_channel_vs_per_tensor_sqnr,
+    post_training_quantize,
+    pt2e_quantize,
+    ptq_eager,
+    qat_eager,
+    qrange,
+    quantization_aware_train,
+    quantize,
+    quantize_weights,
+    quantized_linear,
+    sqnr_db,
+)
+from helpers.training import evaluate, set_seed, train
 
 BITS = list(range(2, 9))
 
@@ -166,7 +185,8 @@ def test_quantized_linear_matches_float_within_quantization_error():
     # and it equals the float computation on the dequantized inputs, requantized once
     x_dq = dequantize(quantize(x, x_scale, x_zp, 8), x_scale, x_zp)
     w_dq = dequantize(q_w, w_scale, 0, axis=0)
-    bias_q = torch.round(layer.bias.detach().double() / (float(x_scale) * w_scale.double())) * (float(x_scale) * w_scale.double())
+    bias_scale = float(x_scale) * w_scale.double()
+    bias_q = torch.round(layer.bias.detach().double() / bias_scale) * bias_scale
     ref = quantize((x_dq.double() @ w_dq.double().T + bias_q).float(), y_scale, y_zp, 8)
     assert (q_y - ref).abs().max() <= 1
 
@@ -214,7 +234,7 @@ def test_taught_warnings_are_silenced_and_others_are_not():
 
 @pytest.mark.parametrize("bits", [1, 17, 0, -3])
 def test_bits_out_of_range(bits):
-    with pytest.raises(ValueError, match=r"bits must be an integer in 2\.\.16"):
+    with pytest.raises(ValueError, match=r"bits must be an integer in \[2, 16\]"):
         qrange(bits)
     with pytest.raises(ValueError, match="bits"):
         fake_quantize(torch.ones(3), 0.1, 0, bits)
@@ -281,3 +301,48 @@ def test_ties_round_half_to_even_not_half_up():
     assert torch.equal(ours, reference)
     assert ours.tolist() == [0, 2, 2, 4, 0, -2, -2]
     assert half_up.tolist() == [1, 2, 3, 4, -1, -2, -3] and not torch.equal(ours, half_up)
+
+
+@pytest.fixture(scope="module")
+def trained_cnn():
+    """A small CNN trained one epoch on 4,000 real digits, and loaders for calibration and test."""
+    splits = load_mnist()
+    train_loader = make_loader(splits.train, 64, shuffle=True, seed=0)
+    set_seed(0)
+    model = CNN(channels=(8, 16))
+    train(model, train_loader, num_epochs=1, quiet=True)
+    return model.eval(), train_loader, make_loader(splits.test, 1000)
+
+
+def test_pt2e_quantize_stores_int8_weights_and_keeps_accuracy(trained_cnn):
+    model, train_loader, test_loader = trained_cnn
+    batches = [x for _, (x, _) in zip(range(4), train_loader)]
+    int8 = pt2e_quantize(model, batches, batches[0])
+    targets = {node.target for node in int8.graph.nodes if node.op == "call_function"}
+    assert torch.ops.quantized_decomposed.quantize_per_tensor.default in targets
+    assert torch.ops.quantized_decomposed.dequantize_per_channel.default in targets
+    constants = [attrgetter(n.target)(int8) for n in int8.graph.nodes if n.op == "get_attr"]
+    assert any(t.dtype == torch.int8 and t.dim() == 4 for t in constants)  # conv weights stored as int8
+    assert size_bytes(int8) < size_bytes(model) / 2  # int8 weights; fp32 biases and per-channel scales stay
+    int8.eval()  # allowed: evaluate() calls it
+    fp32_accuracy = evaluate(model, test_loader).accuracy
+    assert abs(evaluate(int8, test_loader).accuracy - fp32_accuracy) <= 0.02
+    with pytest.raises(ValueError, match="calibration_batches must yield at least one batch"):
+        pt2e_quantize(model, [], batches[0])
+
+
+def test_eager_ptq_and_qat_convert_to_int8_modules(trained_cnn):
+    model, train_loader, test_loader = trained_cnn
+    fp32_accuracy = evaluate(model, test_loader).accuracy
+    int8 = ptq_eager(model, (batch for _, batch in zip(range(4), train_loader)))
+    assert type(int8.module.conv1).__name__ == "ConvReLU2d" and "quantized" in type(int8.module.conv1).__module__
+    assert int8.module.fc1.weight().dtype == torch.qint8
+    with int8_kernels():
+        assert abs(evaluate(int8, test_loader).accuracy - fp32_accuracy) <= 0.02
+    assert model.conv1.weight.dtype == torch.float32 and isinstance(model.conv1, nn.Conv2d)  # not touched
+    qat = qat_eager(model, train_loader, num_epochs=1, seed=0)
+    assert "quantized" in type(qat.module.fc1).__module__
+    with int8_kernels():
+        assert evaluate(qat, test_loader).accuracy >= fp32_accuracy - 0.02  # one more epoch: may gain
+    with pytest.raises(ValueError, match="calibration_batches must yield at least one batch"):
+        ptq_eager(model, [])

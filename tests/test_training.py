@@ -1,4 +1,7 @@
-"""helpers.training: seeding, the training loop and its hooks, evaluation, the baseline recipe."""
+"""helpers.training: seeding, the training loop and its hooks, evaluation, the baseline recipe, the
+bf16/compiled training step and its interleaved comparison."""
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -7,8 +10,24 @@ from torch.utils.data import TensorDataset
 from helpers.data import make_loader
 from helpers.models import MLP
 from helpers.plotting import read_scalars
-from helpers.training import (Evaluation, evaluate, make_optimizer, set_seed, train,
-                              train_baseline)
+from helpers.training import (
+    Evaluation,
+    TrainingCost,
+    compare_training_precision,
+    evaluate,
+    make_optimizer,
+    make_train_step,
+    set_seed,
+    train,
+    train_baseline,
+)
+
+TINY = functools.partial(MLP, hidden=(8,), in_features=16, num_classes=10)
+
+
+def tiny_data(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TensorDataset(torch.randn(n, 16, generator=g), torch.randint(0, 10, (n,), generator=g))
 
 
 def blobs(n=200, seed=0):
@@ -30,9 +49,9 @@ def test_set_seed_makes_runs_repeatable():
     assert torch.equal(a, torch.randn(5))
 
 
-@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
-def test_set_seed_rejects_bad_seed(seed):
-    with pytest.raises(ValueError, match="seed"):
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (1.5, TypeError), ("0", TypeError)])
+def test_set_seed_rejects_bad_seed(seed, error):
+    with pytest.raises(error, match="seed must be an integer >= 0"):
         set_seed(seed)
 
 
@@ -108,15 +127,15 @@ def test_train_max_steps_stops_mid_epoch():
     assert len(history.train_loss) == 2
 
 
-@pytest.mark.parametrize("kwargs, name", [({"num_epochs": 0}, "num_epochs"),
-                                          ({"num_epochs": 2.0}, "num_epochs"),
-                                          ({"num_epochs": True}, "num_epochs"),
-                                          ({"num_epochs": 1, "max_steps": 0}, "max_steps"),
-                                          ({"num_epochs": 1, "max_steps": True}, "max_steps"),
-                                          ({"num_epochs": 1, "lr": 0.0}, "lr"),
-                                          ({"num_epochs": 1, "optimizer": "lbfgs"}, "optimizer")])
-def test_train_rejects_bad_arguments(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+@pytest.mark.parametrize("kwargs, name, error", [({"num_epochs": 0}, "num_epochs", ValueError),
+                                                 ({"num_epochs": 2.0}, "num_epochs", TypeError),
+                                                 ({"num_epochs": True}, "num_epochs", TypeError),
+                                                 ({"num_epochs": 1, "max_steps": 0}, "max_steps", ValueError),
+                                                 ({"num_epochs": 1, "max_steps": True}, "max_steps", TypeError),
+                                                 ({"num_epochs": 1, "lr": 0.0}, "lr", ValueError),
+                                                 ({"num_epochs": 1, "optimizer": "lbfgs"}, "optimizer", ValueError)])
+def test_train_rejects_bad_arguments(kwargs, name, error):
+    with pytest.raises(error, match=name):
         train(tiny(), make_loader(blobs(), 50), quiet=True, **kwargs)
 
 
@@ -168,3 +187,46 @@ def test_tensorboard_dir_is_fresh_and_under_build(tmp_path, monkeypatch):
     for bad in ("", "../escape", "/abs"):
         with pytest.raises(ValueError, match="name"):
             training.tensorboard_dir(bad)
+
+
+def test_train_step_bf16_and_compiled_match_fp32_eager():
+    data = tiny_data()
+    x, y = data.tensors
+    losses = {}
+    for precision, compiled in [("fp32", False), ("bf16", False), ("fp32", True)]:
+        torch.manual_seed(0)
+        model = TINY()
+        step = make_train_step(model, torch.optim.SGD(model.parameters(), lr=0.1), precision,
+                               compile=compiled)
+        losses[precision, compiled] = [step(x, y).item() for _ in range(3)]
+    torch.testing.assert_close(losses["fp32", True], losses["fp32", False], rtol=1e-4, atol=1e-5)
+    # bf16 keeps ~3 significant digits: close to fp32, but not equal.
+    torch.testing.assert_close(losses["bf16", False], losses["fp32", False], rtol=2e-2, atol=2e-2)
+    assert losses["bf16", False] != losses["fp32", False]
+    with pytest.raises(ValueError, match="precision must be one of"):
+        make_train_step(TINY(), torch.optim.SGD(TINY().parameters(), lr=0.1), "fp16")
+
+
+def test_compare_training_precision_same_start_same_batches_interleaved():
+    data = tiny_data(96)
+    variants = {"fp32": ("fp32", False), "bf16": ("bf16", False)}
+    costs = compare_training_precision(TINY, data, variants, num_epochs=3, batch_size=32, lr=1e-2, seed=1)
+    assert list(costs) == ["fp32", "bf16"]
+    for name, cost in costs.items():
+        assert isinstance(cost, TrainingCost) and cost.precision == variants[name][0] and not cost.compiled
+        assert len(cost.epoch_seconds) == len(cost.train_loss) == 3 and all(t > 0 for t in cost.epoch_seconds)
+        assert cost.steady_epoch_seconds == sorted(cost.epoch_seconds[1:])[1]
+        assert not cost.model.training
+    # same initial weights and batches: the first epoch's mean losses differ only by bf16 rounding
+    assert abs(costs["fp32"].train_loss[0] - costs["bf16"].train_loss[0]) < 0.05
+    assert costs["fp32"].train_loss[-1] < costs["fp32"].train_loss[0]
+    # the same call again reproduces the fp32 run exactly (seeded start and batch order)
+    again = compare_training_precision(TINY, data, {"fp32": ("fp32", False)}, num_epochs=3, batch_size=32,
+                                       lr=1e-2, seed=1)
+    assert again["fp32"].train_loss == costs["fp32"].train_loss
+    with pytest.raises(ValueError, match="variants must name"):
+        compare_training_precision(TINY, data, {})
+    with pytest.raises(ValueError, match="precision must be one of"):
+        compare_training_precision(TINY, data, {"x": ("fp16", False)}, num_epochs=1)
+    with pytest.raises(TypeError, match="num_epochs must be an integer >= 1"):
+        compare_training_precision(TINY, data, variants, num_epochs=True)

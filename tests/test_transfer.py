@@ -1,14 +1,29 @@
 """Tests of helpers.transfer: freezing, heads, layer-wise learning rates, probing, fine-tuning,
 safe checkpoint loading and SWA, on tiny synthetic data so they run in seconds."""
+import copy
+
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from helpers import CNN, make_loader, set_seed, train
-from helpers.transfer import (extract_features, fine_tune, freeze, layerwise_lrs, linear_probe,
-                              load_pretrained, lp_ft, param_groups, replace_head, train_swa,
-                              trainable_layers, unfreeze)
+from helpers import CNN, make_loader, set_seed, take_per_class, train
+from helpers.transfer import (
+    RECIPES,
+    extract_features,
+    fine_tune,
+    freeze,
+    layerwise_lrs,
+    linear_probe,
+    load_pretrained,
+    lp_ft,
+    param_groups,
+    replace_head,
+    run_recipe,
+    train_swa,
+    trainable_layers,
+    unfreeze,
+)
 
 
 def tiny_data(n=40, seed=0, classes=4):
@@ -339,3 +354,26 @@ def test_train_swa_update_bn_recomputes_batchnorm_statistics():
         h = swa_model.module[0](x)
     # update_bn uses momentum=None (a cumulative average over the batches): equal batches -> exact mean
     assert torch.allclose(bn.running_mean, h.mean(dim=(0, 2, 3)), atol=1e-5)
+
+
+def test_run_recipe_is_each_recipe_on_the_seeded_subset():
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(200, 1, 28, 28, generator=g), torch.arange(200) % 10)
+    torch.manual_seed(0)
+    source = CNN()
+    models = {recipe: run_recipe(recipe, source, data, 3, seed=1, num_steps=2) for recipe in RECIPES}
+    assert all(m.fc1.out_features == 10 for m in models.values())
+    # the probe trains only the head; the body stays the source's
+    assert torch.equal(models["linear probe"].conv1.weight, source.conv1.weight)
+    assert not torch.equal(models["fine-tune"].conv1.weight, source.conv1.weight)
+    assert not torch.equal(models["scratch"].conv1.weight, source.conv1.weight)
+    # same seed, same run; a by-hand fine-tune on the same subset and loader gives the same weights
+    again = run_recipe("fine-tune", source, data, 3, seed=1, num_steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), models["fine-tune"].parameters()))
+    subset = take_per_class(data, 3, 1)
+    set_seed(1)
+    by_hand = replace_head(copy.deepcopy(source), 10)
+    fine_tune(by_hand, make_loader(subset, 30, shuffle=True, seed=1), num_steps=2)
+    assert all(torch.equal(a, b) for a, b in zip(by_hand.parameters(), models["fine-tune"].parameters()))
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        run_recipe("distill", source, data, 3, seed=1)

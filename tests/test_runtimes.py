@@ -1,71 +1,25 @@
-"""Tests of helpers.deploy: the budget, its check, the runtimes' round trips and the export error."""
-import io
+"""Tests of helpers.runtimes: the runtimes' round trips (ExecuTorch, ONNX Runtime) and the export error."""
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from helpers import CNN
-from helpers.deploy import (Budget, BudgetMissedError, ExecuTorchModel, ExportError, Measurement,
-                            OnnxRuntimeModel, check_budget, export_program, known_runtime_logs_dropped,
-                            onnx_quantize_static, size_bytes, strip_debug_metadata, to_executorch, to_onnx,
-                            xnnpack_quantize)
-
-
-@pytest.mark.parametrize("field, value", [
-    ("max_size_ratio", 0), ("max_size_ratio", 1.5), ("max_size_ratio", -0.1),
-    ("max_latency_ratio", 0), ("max_latency_ratio", 2.0), ("max_latency_ratio", "1"),
-    ("max_accuracy_drop", -0.01), ("max_accuracy_drop", 1.0), ("max_size_ratio", True),
-])
-def test_budget_rejects_out_of_range_fields(field, value):
-    with pytest.raises(ValueError, match=field):
-        Budget(**{field: value})
-
-
-def test_budget_accepts_edges_of_its_ranges():
-    Budget(max_size_ratio=1, max_latency_ratio=1, max_accuracy_drop=0)
-    Budget(max_size_ratio=1e-6, max_latency_ratio=1e-6, max_accuracy_drop=0.999)
-
-
-@pytest.mark.parametrize("field, value", [("accuracy", 1.2), ("size_bytes", 0), ("latency_ms", -1.0)])
-def test_measurement_rejects_impossible_values(field, value):
-    values = {"accuracy": 0.9, "size_bytes": 100, "latency_ms": 1.0} | {field: value}
-    with pytest.raises(ValueError, match=field):
-        Measurement(**values)
-
-
-def test_check_budget_met_and_margins():
-    baseline = Measurement(accuracy=0.96, size_bytes=100_000, latency_ms=0.2)
-    candidate = Measurement(accuracy=0.955, size_bytes=9_000, latency_ms=0.05)
-    report = check_budget(Budget(0.1, 1.0, 0.01), baseline, candidate)
-    assert report.met and report.missed == ()
-    assert report["storage"].margin == pytest.approx(1_000)
-    assert report["latency"].margin == pytest.approx(0.15)
-    assert report["accuracy"].margin == pytest.approx(0.005)
-    report.raise_if_missed()  # does not raise
-    assert "met" in str(report) and "MISSED" not in str(report)
-
-
-def test_check_budget_names_each_missed_part_and_by_how_much():
-    baseline = Measurement(accuracy=0.96, size_bytes=102_400, latency_ms=0.2)
-    candidate = Measurement(accuracy=0.94, size_bytes=20_480, latency_ms=0.1)
-    report = check_budget(Budget(0.1, 1.0, 0.01), baseline, candidate)
-    assert not report.met
-    assert [c.name for c in report.missed] == ["storage", "accuracy"]
-    assert report["storage"].margin == pytest.approx(-10_240)
-    assert report["accuracy"].margin == pytest.approx(-0.01)
-    with pytest.raises(BudgetMissedError, match=r"storage .*over the limit by 10\.0 KiB.*accuracy .*1\.0 pt"):
-        report.raise_if_missed()
-    assert isinstance(BudgetMissedError("x"), ValueError)
-
-
-def test_check_budget_type_errors():
-    m = Measurement(accuracy=0.9, size_bytes=1, latency_ms=1.0)
-    with pytest.raises(TypeError, match="budget"):
-        check_budget({"max_size_ratio": 0.1}, m, m)
-    with pytest.raises(TypeError, match="candidate"):
-        check_budget(Budget(), m, (0.9, 1, 1.0))
+from helpers.measure import size_bytes
+from helpers.quantization import xnnpack_quantize
+from helpers.runtimes import (
+    ExecuTorchModel,
+    ExportError,
+    OnnxRuntimeModel,
+    export_program,
+    onnx_quantize_static,
+    strip_debug_metadata,
+    to_executorch,
+    to_onnx,
+)
 
 
 @pytest.fixture(scope="module")
@@ -158,16 +112,6 @@ def test_export_program_type_errors(tiny):
         export_program(model, x.numpy())
 
 
-def test_known_runtime_logs_are_dropped_and_others_pass(monkeypatch):
-    sink = io.StringIO()
-    monkeypatch.setattr(sys, "stderr", sink)
-    with known_runtime_logs_dropped():
-        sys.stderr.write("[cpuinfo_utils.cpp:87] Failed to open midr file /sys/devices/soc0/image_version\n")
-        sys.stderr.write("[cpuinfo_utils.cpp:125] CPU info and manual query on # of cpus dont match.\n")
-        sys.stderr.write("[method.cpp:1243] Error resizing tensor at input 0\n")
-    assert sink.getvalue() == "[method.cpp:1243] Error resizing tensor at input 0\n"
-
-
 LOAD_SCRIPT = """
 import sys
 from pathlib import Path
@@ -176,15 +120,12 @@ if sys.argv[2] == "raw":
     from executorch.runtime import Runtime
     Runtime.get().load_program(program).load_method("forward")
 else:
-    from helpers.deploy import ExecuTorchModel
+    from helpers.runtimes import ExecuTorchModel
     ExecuTorchModel(program)
 """
 
 
 def test_loading_a_program_drops_exactly_the_known_lines(tiny, tmp_path):
-    import subprocess
-    from pathlib import Path
-
     model, x = tiny
     path = tmp_path / "tiny.pte"
     path.write_bytes(to_executorch(model, x[:1]))
@@ -198,15 +139,6 @@ def test_loading_a_program_drops_exactly_the_known_lines(tiny, tmp_path):
     assert "cpuinfo_utils" not in runs["wrapped"].stderr
 
 
-def test_size_bytes_of_graph_and_module(tiny):
-    model, x = tiny
-    assert size_bytes(model) > 4 * sum(p.numel() for p in model.parameters())
-    int8 = xnnpack_quantize(model, [x], x[:1])
-    assert size_bytes(int8) < size_bytes(model)
-    with pytest.raises(TypeError, match="model"):
-        size_bytes("model.pt")
-
-
 def test_export_error_keeps_the_exporter_log_off_stderr(capsys):
     model = nn.Sequential(nn.Conv2d(1, 2, 3), ValueDependent())
     with pytest.raises(ExportError) as caught:
@@ -214,3 +146,12 @@ def test_export_error_keeps_the_exporter_log_off_stderr(capsys):
     assert capsys.readouterr().err == ""
     assert "data-dependent" in str(caught.value) or "data-dependent" in caught.value.exporter_log
     assert caught.value.original_error is not None and caught.value.__cause__ is None
+
+
+def test_size_bytes_of_graph_module_and_runtime_program(tiny):
+    model, x = tiny
+    assert size_bytes(model) > 4 * sum(p.numel() for p in model.parameters())
+    int8 = xnnpack_quantize(model, [x], x[:1])
+    assert size_bytes(int8) < size_bytes(model)
+    with pytest.raises(TypeError, match="model"):
+        size_bytes("model.pt")
