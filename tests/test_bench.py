@@ -1,19 +1,28 @@
-"""helpers.bench: `python -m helpers.bench --quick` runs end to end and writes well-formed output.
+"""benchmarks.bench: `python -m benchmarks.bench --quick` runs end to end and writes well-formed output.
 
 This checks the shape of the output only (tables, JSON keys and types, spreads that are spreads,
 accuracies that are fractions), never that a technique reaches a number: the quick mode's budgets
 are too small for that, and timings are not asserted in tests at all.
 """
+import dataclasses
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from torch import nn
 
-from helpers import bench
+from benchmarks import bench
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: the CNN table's rows before the pipeline's, (model, technique), in the table's order
+CNN_ROWS = [(bench.FP32, "baseline"), (bench.FP32_COMPILED, "baseline"), (bench.INT8_PTQ, "quantization"),
+            (bench.INT8_PT2E, "quantization"), (bench.INT8_QAT, "quantization"), (bench.SPARSE, "pruning"),
+            (bench.SPARSE_COMPILED, "pruning"), (bench.CHANNELS, "pruning"), (bench.CHANNELS_COMPILED, "pruning")]
+TOP_LEVEL_KEYS = {"mode", "date", "machine", "cpu", "threads", "torch", "seeds", "budget", "batch_sizes",
+                  "fp32_size_bytes", "cnn", "distillation", "transfer", "pipeline", "seconds"}
 
 
 def _table(stdout: str, header: list[str]) -> list[list[str]]:
@@ -54,23 +63,25 @@ def _check_latency(latency: dict, references: set[str]) -> None:
 
 def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
     out = tmp_path / "bench.json"
-    done = subprocess.run([sys.executable, "-m", "helpers.bench", "--quick", "--out", str(out)], cwd=ROOT,
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench", "--quick", "--out", str(out)], cwd=ROOT,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     # stderr carries only the benchmark's own progress lines: no warning slipped through
     assert all(line.startswith("[bench ") for line in done.stderr.splitlines()), done.stderr
 
     cnn = _table(done.stdout, bench.CNN_HEADER)
-    names = [name for name, _ in bench.CNN_ROWS]
-    assert [row[1] for row in cnn][:len(names)] == names
-    assert all(row[0] == "pipeline" for row in cnn[len(names):])
+    assert [(row[1], row[0]) for row in cnn][:len(CNN_ROWS)] == CNN_ROWS
+    assert [(row[1], row[0]) for row in cnn[len(CNN_ROWS):]] == [
+        (name, "pipeline") for name in bench.PIPELINE_STEPS.values()]
     kd = _table(done.stdout, bench.KD_HEADER)
     assert len(kd) == 3 and kd[0][0].startswith("teacher")
     transfer = _table(done.stdout, bench.TRANSFER_HEADER)
     assert [row[0] for row in transfer] == ["scratch", "linear probe", "fine-tune", "LP-FT"]
 
     results = json.loads(out.read_text())
+    assert set(results) == TOP_LEVEL_KEYS
     assert results["mode"] == "quick" and results["seeds"] == [0]
+    assert results["budget"] == dataclasses.asdict(bench.QUICK)
     assert isinstance(results["date"], str) and isinstance(results["cpu"], str) and results["cpu"]
     assert isinstance(results["threads"], int) and results["threads"] >= 1
     assert results["torch"].startswith("2.") and results["machine"]["torch"] == results["torch"]
@@ -84,8 +95,10 @@ def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
         _check_latency(row["latency"], {"fp32 eager", "fp32 compiled"})
     sections = {"baseline", "quantization", "pruning"}
     assert {row["section"] for row in results["cnn"]} - {"pipeline"} == sections
+    assert [(r["model"], r["section"]) for r in results["cnn"]][:len(CNN_ROWS)] == CNN_ROWS
     assert [r["model"] for r in results["cnn"] if r["section"] == "pipeline"] == results["pipeline"]["steps"]
     assert results["pipeline"]["pruned_model"].startswith("CNN(")
+    assert results["pipeline"]["epochs"] == {"num_epochs": 1, "finetune_epochs": 1}
     for row in results["distillation"]["rows"]:
         _check_stat(row["accuracy"], 0.0, 1.0)
         assert row["parameters"] > 0 and row["size_bytes"] > 0
@@ -96,7 +109,7 @@ def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
     assert set(results["transfer"]["paired_gain_vs_scratch"]) == {"linear probe", "fine-tune", "LP-FT"}
     for gain in results["transfer"]["paired_gain_vs_scratch"].values():
         _check_stat(gain, -1.0, 1.0)
-    assert isinstance(results["notes"], list) and results["seconds"] > 0
+    assert results["seconds"] > 0
 
 
 @pytest.mark.parametrize("argv", [["--seeds", "0"], ["--seeds", "two"], ["--threads", "-1"]])
@@ -110,3 +123,29 @@ def test_bad_arguments_are_rejected_by_name(argv, capsys):
 def test_run_rejects_a_bad_seed_count():
     with pytest.raises(ValueError, match="seeds must be an integer >= 1"):
         bench.run(seeds=0)
+
+
+def test_rows_are_gathered_over_seeds_by_name_in_the_first_seeds_order():
+    model = nn.Linear(2, 2)
+    table = {}
+    for seed, accuracy in enumerate((0.5, 0.75)):
+        fp32 = bench.Measured("baseline", bench.FP32, model, accuracy, 100 + seed, 10 + seed)
+        int8 = bench.Measured("quantization", bench.INT8_PTQ, model, accuracy / 2, 30, timing=bench.EAGER)
+        bench.gather(table, [fp32, bench.compiled(fp32, bench.FP32_COMPILED), int8])
+    assert list(table) == [bench.FP32, bench.FP32_COMPILED, bench.INT8_PTQ]
+    fp32, fp32_compiled, int8 = table.values()
+    assert fp32.accuracy == fp32_compiled.accuracy == [0.5, 0.75]
+    assert fp32.size_bytes == fp32_compiled.size_bytes == [100, 101]
+    assert fp32.nonzero_weights == fp32_compiled.nonzero_weights == [10, 11]
+    assert (fp32.first.timing, fp32_compiled.first.timing) == (bench.EAGER, bench.COMPILED)
+    assert fp32_compiled.first.model is model and fp32.first.accuracy == 0.5  # the first seed's model is timed
+    assert int8.nonzero_weights == [] and int8.accuracy == [0.25, 0.375]
+    assert bench.paired_gain(fp32, int8) == bench.mean_std([0.25, 0.375])
+
+
+def test_statistics_report_their_values_and_spread():
+    assert bench.mean_std([1, 3]) == {"mean": 2.0, "std": pytest.approx(2 ** 0.5), "values": [1.0, 3.0]}
+    assert bench.mean_std([0.5])["std"] == 0.0
+    assert bench.spread([3, 1, 2]) == {"median": 2.0, "min": 1.0, "max": 3.0, "values": [3.0, 1.0, 2.0]}
+    assert bench.Effort().pipeline_arguments() == {}  # the full mode runs budget_pipeline's own recipe
+    assert bench.QUICK.pipeline_arguments() == {"num_epochs": 1, "finetune_epochs": 1}
