@@ -14,7 +14,7 @@ CELL_TIMEOUT := 600
 NBVAL := $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-cell-timeout $(CELL_TIMEOUT)
 
-.PHONY: setup book test unit nbval robustness html-stored check-html cjk-fonts execute lab bench clean
+.PHONY: setup book test lint unit nbval robustness html-stored check-html cjk-fonts execute lab bench clean
 
 setup: $(STAMP)
 
@@ -29,9 +29,14 @@ book: setup
 	$(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "Open _build/html/index.html"
 
-## make test: unit tests of helpers/, nbval over every notebook, a -W build from stored outputs,
-## and that build opened page by page in headless Chromium (check-html).
-test: unit nbval html-stored check-html
+## make test: ruff (lint), unit tests of helpers/, nbval over every notebook, a -W build from stored
+## outputs, and that build opened page by page in headless Chromium (check-html).
+test: lint unit nbval html-stored check-html
+
+## make lint: ruff over the code and the notebooks' cells (settings in pyproject.toml, [tool.ruff]);
+## takes seconds, so make test runs it first. `$(BIN)/ruff check --fix ...` repairs import order.
+lint: setup
+	$(BIN)/ruff check helpers tests benchmarks book_ext chapters
 
 # tests/browser/ needs the rendered book and Chromium: check-html runs it.
 unit: setup
@@ -100,7 +105,7 @@ execute: setup
 ## Markdown tables on stdout, everything with its spread in _build/bench/bench.json. Takes minutes;
 ## never part of make test (tests/test_bench.py runs only its --quick mode). Run it on a quiet machine.
 bench: setup
-	$(BIN)/python -m helpers.bench
+	$(BIN)/python -m benchmarks.bench
 
 ## make lab: open the chapters in JupyterLab.
 lab: setup

@@ -6,8 +6,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from helpers.embeddings import (SentenceEncoder, cosine_fidelity, load_sentence_model, network_blocked,
-                                search_top1, tokenize)
+from helpers.embeddings import (
+    SentenceEncoder,
+    cosine_fidelity,
+    load_sentence_model,
+    network_blocked,
+    search_top1,
+    tokenize,
+)
 
 SENTENCES = ["How do I quantize a model?", "Pruning removes weights.", "Distillation trains a small student.",
              "Transfer learning reuses a pretrained network for a new task with few labels."]

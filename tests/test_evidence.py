@@ -12,8 +12,19 @@ from scipy import stats
 from torch import nn
 
 from helpers.data import make_loader
-from helpers.evidence import (REFUTED, SUPPORTED, UNDECIDED, check_speedups, correct_per_example, decide,
-                              look_confidence, paired_accuracy, paired_difference, speedup, t_interval)
+from helpers.evidence import (
+    REFUTED,
+    SUPPORTED,
+    UNDECIDED,
+    check_speedups,
+    correct_per_example,
+    decide,
+    look_confidence,
+    paired_accuracy,
+    paired_difference,
+    speedup,
+    t_interval,
+)
 
 
 def test_interval_matches_scipys_paired_t_test():

@@ -8,10 +8,18 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from helpers.data import make_loader
-from helpers.federated import (QPARAM_BYTES, _pack, _unpack, client_labels, compress_update, fedavg,
-                               shard_split, uplink_ratio)
+from helpers.federated import (
+    QPARAM_BYTES,
+    _pack,
+    _unpack,
+    client_labels,
+    compress_update,
+    fedavg,
+    shard_split,
+    uplink_ratio,
+)
 from helpers.models import CNN
-from helpers.quantization import fake_quantize, calculate_qparams
+from helpers.quantization import calculate_qparams, fake_quantize
 
 
 def toy_dataset(n_per_class=20, classes=10, seed=0):

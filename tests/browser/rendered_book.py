@@ -268,19 +268,22 @@ async (waitMs) => {
     pre.style.whiteSpace = saved;
     const wrapCell = pre.closest(".tag_wrap-output");
     if (!wrapCell && natural > width + 1)
-      tooWide.push(`${describe(pre)}: printed output is ${natural}px wide in a ${width}px column: print it narrower, or tag the cell wrap-output if its lines are prose or a repr (never columns)`);
+      tooWide.push(`${describe(pre)}: printed output is ${natural}px wide in a ${width}px column: ` +
+        "print it narrower, or tag the cell wrap-output if its lines are prose or a repr (never columns)");
     if (wrapCell) {
       const need = wrapNeeded.get(wrapCell) || { first: pre, widest: 0, width };
       need.widest = Math.max(need.widest, natural);
       wrapNeeded.set(wrapCell, need);
       if (pre.scrollWidth > pre.clientWidth + 1)
-        tooWide.push(`${describe(pre)}: tagged wrap-output but does not wrap (content ${pre.scrollWidth}px in ${pre.clientWidth}px)`);
+        tooWide.push(`${describe(pre)}: tagged wrap-output but does not wrap ` +
+          `(content ${pre.scrollWidth}px in ${pre.clientWidth}px)`);
     }
   }
   // the tag is needed when at least one output of its cell would not fit unwrapped
   for (const need of wrapNeeded.values()) {
     if (need.widest <= need.width + 1)
-      tooWide.push(`${describe(need.first)}: the cell is tagged wrap-output but its outputs fit (widest ${need.widest}px in ${need.width}px): remove the tag`);
+      tooWide.push(`${describe(need.first)}: the cell is tagged wrap-output but its outputs fit ` +
+        `(widest ${need.widest}px in ${need.width}px): remove the tag`);
   }
   for (const el of article.querySelectorAll("*")) {
     if (judged.has(el) || !el.checkVisibility()) continue;
@@ -298,7 +301,8 @@ async (waitMs) => {
     if (clipped) continue;
     const r = el.getBoundingClientRect();
     if (r.width > 0 && (r.right > box.right + 2 || r.left < box.left - 2))
-      tooWide.push(`${describe(el)} sticks out of the article column (${Math.round(r.left)}..${Math.round(r.right)}px vs ${Math.round(box.left)}..${Math.round(box.right)}px)`);
+      tooWide.push(`${describe(el)} sticks out of the article column ` +
+        `(${Math.round(r.left)}..${Math.round(r.right)}px vs ${Math.round(box.left)}..${Math.round(box.right)}px)`);
   }
 
   return {
