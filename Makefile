@@ -10,8 +10,11 @@ NOTEBOOKS := $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoi
 JB_FLAGS := -W -n --keep-going --all
 # one run of one notebook may take this long under nbval before it is a failure
 CELL_TIMEOUT := 600
+# Progress bars off wherever outputs are stored or compared (helpers.training.PROGRESS_ENV): a person
+# running a cell sees them, make execute, make book and nbval do not.
+QUIET := BOOK_PROGRESS=0
 # nbval as make nbval and make robustness run it; each adds its threads and workers
-NBVAL := $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
+NBVAL := $(QUIET) $(BIN)/python -m pytest --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 	--nbval-cell-timeout $(CELL_TIMEOUT)
 
 .PHONY: setup book test lint unit nbval robustness html-stored check-html cjk-fonts execute lab bench clean
@@ -26,7 +29,7 @@ $(STAMP): requirements.txt pyproject.toml
 
 ## make book: execute every notebook from a fresh kernel and render the HTML into _build/html.
 book: setup
-	$(BIN)/jupyter-book build . $(JB_FLAGS)
+	$(QUIET) $(BIN)/jupyter-book build . $(JB_FLAGS)
 	@echo "Open _build/html/index.html"
 
 ## make test: ruff (lint), unit tests of helpers/, nbval over every notebook, a -W build from stored
@@ -96,7 +99,7 @@ cjk-fonts:
 execute: setup
 	@for nb in $(NOTEBOOKS); do \
 		echo "executing $$nb"; \
-		$(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		$(QUIET) $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 			--ExecutePreprocessor.timeout=$(CELL_TIMEOUT) --ExecutePreprocessor.record_timing=False \
 			"$$nb" || exit 1; \
 	done

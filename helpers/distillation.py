@@ -88,7 +88,7 @@ def distill(student: nn.Module, teacher: nn.Module, train_loader: DataLoader, *,
             T: float = 4.0, alpha: float = 0.9, lr: float = 1e-3,
             optimizer: str | torch.optim.Optimizer = "adam", weight_decay: float = 0.0,
             val_loader: DataLoader | None = None, log_dir: str | os.PathLike | None = None,
-            quiet: bool = True) -> History:
+            quiet: bool | None = None) -> History:
     """Offline distillation: train ``student`` in place on :func:`kd_loss` against a frozen teacher.
 
     The teacher runs in eval mode (no dropout, frozen batch-norm statistics) under ``no_grad`` on

@@ -429,6 +429,6 @@ def iterative_magnitude_prune(model: nn.Module, train_loader, amount, *, rounds:
     for r in range(1, rounds + 1):
         masks = global_magnitude_prune(pruned, 1 - (1 - amount) ** (r / rounds), names)
         if epochs_per_round:
-            train(pruned, train_loader, num_epochs=epochs_per_round, quiet=True,
+            train(pruned, train_loader, num_epochs=epochs_per_round,
                   after_step=lambda m, masks=masks: apply_masks(m, masks))
     return pruned

@@ -378,7 +378,7 @@ def quantization_aware_train(model: nn.Module, train_loader, bits: int, per_chan
     eval mode, its weights still fake-quantized to ``bits``.
     """
     quantized = quantize_weights(model, bits, per_channel)
-    train(quantized, train_loader, num_epochs=num_epochs, lr=lr, quiet=True)
+    train(quantized, train_loader, num_epochs=num_epochs, lr=lr)
     return quantized.eval()
 
 
@@ -446,7 +446,7 @@ def qat_eager(model: nn.Module, train_loader, num_epochs: int, seed: int = 0, lr
     qat.qconfig = tq.get_default_qat_qconfig("x86")
     with taught_torch_ao_warnings(), int8_kernels():
         tq.prepare_qat(qat, inplace=True)
-        train(qat, train_loader, num_epochs=num_epochs, lr=lr, quiet=True)
+        train(qat, train_loader, num_epochs=num_epochs, lr=lr)
         qat.eval()
         tq.convert(qat, inplace=True)
     return qat

@@ -119,12 +119,23 @@ def make_optimizer(model: nn.Module, name: str, lr: float,
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
 
 
+#: The one switch for progress bars: :func:`train` shows a tqdm bar per epoch when a person runs a
+#: cell, and none when this environment variable is ``"0"``, which ``make execute``, ``make nbval``,
+#: ``make robustness`` and ``make book`` set, so stored outputs and nbval's runs carry no bars.
+PROGRESS_ENV = "BOOK_PROGRESS"
+
+
+def progress_enabled() -> bool:
+    """Whether :func:`train` shows progress bars by default (see :data:`PROGRESS_ENV`)."""
+    return os.environ.get(PROGRESS_ENV, "1") != "0"
+
+
 def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: float = 1e-3,
           optimizer: str | torch.optim.Optimizer = "adam", weight_decay: float = 0.0,
           val_loader: DataLoader | None = None,
           loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
           after_step: Callable[[nn.Module], None] | None = None,
-          log_dir: str | os.PathLike | None = None, quiet: bool = False,
+          log_dir: str | os.PathLike | None = None, quiet: bool | None = None,
           max_steps: int | None = None) -> History:
     """Train ``model`` in place for ``num_epochs`` and return its :class:`History`.
 
@@ -136,7 +147,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
     - ``log_dir``: if given, TensorBoard scalars are written there: ``loss/train_step`` every step,
       and ``loss/train``, ``accuracy/train`` (and ``loss/val``, ``accuracy/val``) every epoch.
       :func:`helpers.plotting.read_scalars` reads them back.
-    - ``quiet``: hide the tqdm progress bar (the notebooks do, so their stored outputs are stable).
+    - ``quiet``: ``True`` hides the tqdm progress bar, ``False`` shows it; ``None`` (the default)
+      shows it unless :data:`PROGRESS_ENV` is ``"0"`` (how the book's stored outputs are made).
     - ``max_steps``: stop after this many optimizer steps, in the middle of an epoch if need be
       (that last epoch's metrics then cover the batches it ran); ``None`` runs every epoch in full.
 
@@ -148,6 +160,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
         check_int("max_steps", max_steps, minimum=1)
     opt = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
            else make_optimizer(model, optimizer, lr, weight_decay))
+    if quiet is None:
+        quiet = not progress_enabled()
     writer = None
     if log_dir is not None:
         from torch.utils.tensorboard import SummaryWriter
@@ -213,7 +227,7 @@ def train_baseline(train_loader: DataLoader, *, seed: int = 0, num_epochs: int =
     set_seed(seed)
     model = CNN()
     history = train(model, train_loader, num_epochs=num_epochs, lr=lr, val_loader=val_loader,
-                    log_dir=log_dir, quiet=True)
+                    log_dir=log_dir)
     model.eval()
     return model, history
 

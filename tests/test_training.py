@@ -17,6 +17,7 @@ from helpers.training import (
     evaluate,
     make_optimizer,
     make_train_step,
+    progress_enabled,
     set_seed,
     train,
     train_baseline,
@@ -230,3 +231,17 @@ def test_compare_training_precision_same_start_same_batches_interleaved():
         compare_training_precision(TINY, data, {"x": ("fp16", False)}, num_epochs=1)
     with pytest.raises(TypeError, match="num_epochs must be an integer >= 1"):
         compare_training_precision(TINY, data, variants, num_epochs=True)
+
+
+def test_progress_bars_follow_the_one_switch(monkeypatch, capsys):
+    loader = make_loader(blobs(), 50)
+    monkeypatch.setenv("BOOK_PROGRESS", "0")  # how make execute / make nbval run the notebooks
+    train(tiny(), loader, num_epochs=2)
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("BOOK_PROGRESS", "1")  # a person running a cell
+    train(tiny(), loader, num_epochs=2)
+    assert "epoch 2/2" in capsys.readouterr().err
+    train(tiny(), loader, num_epochs=1, quiet=True)  # an explicit choice wins
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("BOOK_PROGRESS")
+    assert progress_enabled()
