@@ -33,10 +33,22 @@ What one page must pass (``check_page``):
   * the only box allowed to scroll sideways is the traceback of a must-raise cell (tag
     ``raises-exception``): Python prints it as it is, so keep it short where you can (a helper
     that raises at the top level gives a short traceback);
+  * a box that clips what does not fit (``overflow: hidden``, as the dropdown hints do) must not
+    cut anything off (math aside: the theme's inline-math box clips its glyphs' overhang);
+
+  and at a phone's width (``PHONE``, 390 x 844, ``check_page(..., phone=True)``), where no printed
+  output of 84 characters can fit: the page never scrolls sideways, the article column fits the
+  window, and nothing sticks out of the column or is cut off, but a box may scroll sideways inside
+  itself (printed outputs, code, tables, display equations: the reader swipes that box, not the
+  page). Long words and inline code wrap there (``_static/custom.css``);
 - launch (Binder, Colab) and repository buttons point at this page's source file in the
   repository on the configured branch (``expected_links``).
 
 A screenshot of the whole page is saved for a person to look at.
+
+Across pages (``citation_facts`` per page, ``citation_problems`` over all of them): every citation
+link shows the label of the bibliography entry it links to (the author-year text, e.g. "Jacob et
+al., 2018"), no two entries share a label, and every entry is cited.
 """
 from __future__ import annotations
 
@@ -66,6 +78,11 @@ CHROMIUM_ARGS = [
 ]
 # A laptop-sized window: the layout a reader gets with the sidebar and the page's table of contents.
 VIEWPORT = {"width": 1280, "height": 900}
+# A phone held upright (390 x 844 CSS pixels, an iPhone 12 to 15): no sidebars, the article is the
+# whole width. `is_mobile` lays the page out at its meta viewport width, as a phone does. One device
+# pixel per CSS pixel (phones have 3; the layout is the same) keeps the full-page screenshots small.
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 1, "is_mobile": True,
+         "has_touch": True}
 # Bounded but generous: the machine may be busy. Milliseconds.
 TIMEOUT_MS = int(os.environ.get("BROWSER_TIMEOUT_MS", "60000"))
 LOCAL_HOSTS = {"127.0.0.1"}
@@ -113,8 +130,8 @@ def serve(directory: Path):
 # Chromium through Playwright's Python package, using Debian's chromium (never `playwright install`).
 
 @contextlib.contextmanager
-def open_browser():
-    """Yields a Playwright browser context: headless Debian Chromium, fresh profile, book viewport."""
+def launch_browser():
+    """Yields a Playwright browser: headless Debian Chromium. Open pages in ``new_context(browser)``."""
     from playwright.sync_api import sync_playwright
 
     if not Path(CHROMIUM).is_file():
@@ -125,12 +142,29 @@ def open_browser():
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
         try:
-            context = browser.new_context(viewport=VIEWPORT, service_workers="block")
-            context.set_default_timeout(TIMEOUT_MS)
-            context.set_default_navigation_timeout(TIMEOUT_MS)
-            yield context
+            yield browser
         finally:
             browser.close()
+
+
+def new_context(browser, device: dict | None = None):
+    """A fresh browser context (own profile) with the book viewport, or a ``device`` (``PHONE``)."""
+    context = browser.new_context(**(device or {"viewport": VIEWPORT}), service_workers="block")
+    context.set_default_timeout(TIMEOUT_MS)
+    context.set_default_navigation_timeout(TIMEOUT_MS)
+    return context
+
+
+@contextlib.contextmanager
+def open_browser(device: dict | None = None):
+    """Yields a Playwright browser context: headless Debian Chromium, fresh profile, book viewport
+    (or ``device``)."""
+    with launch_browser() as browser:
+        context = new_context(browser, device)
+        try:
+            yield context
+        finally:
+            context.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +231,7 @@ class LinkChecker:
 RAW_TEX = re.compile(r"\$\$|\\begin\{|\\end\{|\\\(|\\\)|\\\[|\\\]|\$[^$\n]*\\[A-Za-z]+[^$\n]*\$")
 
 _PAGE_FACTS_JS = r"""
-async (waitMs) => {
+async ({waitMs, phone}) => {
   // Waits are bounded: a promise that never settles is reported, not waited on forever.
   const timeout = () => new Promise(done => setTimeout(() => done("timeout"), waitMs));
   // Let MathJax finish: it loads deferred and typesets after the page is ready.
@@ -251,8 +285,15 @@ async (waitMs) => {
   const tooWide = [];
   const judged = new Set();
   let scrollingTracebacks = 0;
+  let scrollingBoxes = 0;
+  const cutOff = new Set();  // boxes already reported for hiding part of their content
+  if (phone && (box.left < -1 || box.right > root.clientWidth + 1))
+    tooWide.push(`${describe(article).split(" ")[0]}: the article column (${Math.round(box.left)}..` +
+      `${Math.round(box.right)}px) is wider than the ${root.clientWidth}px window`);
   const wrapNeeded = new Map();  // wrap-output cell -> its widest output at natural width
-  for (const pre of article.querySelectorAll(".cell_output pre")) {
+  // At phone width (`phone`) only the page and the article column are judged: a printed output, code
+  // or a table may then scroll sideways inside its own box (desktop judges those).
+  for (const pre of phone ? [] : article.querySelectorAll(".cell_output pre")) {
     if (!pre.checkVisibility()) continue;
     const traceback = pre.closest(".output.traceback");
     if (traceback) {
@@ -290,15 +331,34 @@ async (waitMs) => {
     const style = getComputedStyle(el);
     const scrolls = ["auto", "scroll"].includes(style.overflowX);
     if (scrolls && el.scrollWidth > el.clientWidth + 1) {
-      tooWide.push(`${describe(el)} needs a horizontal scrollbar (content ${el.scrollWidth}px in ${el.clientWidth}px)`);
-      continue;
+      if (!phone) {
+        tooWide.push(`${describe(el)} needs a horizontal scrollbar ` +
+          `(content ${el.scrollWidth}px in ${el.clientWidth}px)`);
+        continue;
+      }
+      scrollingBoxes += 1;  // allowed on a phone, if the box itself fits the column (below)
     }
     // an element inside a box that clips or scrolls is that box's business, judged above
-    let clipped = false;
+    let clipper = null;
     for (let a = el.parentElement; a && a !== article; a = a.parentElement) {
-      if (getComputedStyle(a).overflowX !== "visible") { clipped = true; break; }
+      if (getComputedStyle(a).overflowX !== "visible") { clipper = a; break; }
     }
-    if (clipped) continue;
+    if (clipper) {
+      // A box that scrolls shows all of its content; one that clips (overflow: hidden, as
+      // sphinx-togglebutton's dropdowns do) must not cut text off. Math is the theme's and
+      // MathJax's business (an inline formula's box clips its glyphs' overhang by design).
+      if (["hidden", "clip"].includes(getComputedStyle(clipper).overflowX) && !cutOff.has(clipper)
+          && !el.closest(".math, mjx-container")) {
+        const c = clipper.getBoundingClientRect(), r = el.getBoundingClientRect();
+        if (r.width > 0 && (r.right > c.right + 2 || r.left < c.left - 2)) {
+          cutOff.add(clipper);
+          tooWide.push(`${describe(el)} is cut off: it reaches ${Math.round(r.left)}..${Math.round(r.right)}px ` +
+            `in ${describe(clipper).split(" ")[0]} (${Math.round(c.left)}..${Math.round(c.right)}px), ` +
+            "which hides what does not fit");
+        }
+      }
+      continue;
+    }
     const r = el.getBoundingClientRect();
     if (r.width > 0 && (r.right > box.right + 2 || r.left < box.left - 2))
       tooWide.push(`${describe(el)} sticks out of the article column ` +
@@ -318,6 +378,7 @@ async (waitMs) => {
     viewportWidth: root.clientWidth,
     tooWide,
     scrollingTracebacks,
+    scrollingBoxes,
     images: images.map(img => ({
       src: img.getAttribute("src") || "", url: img.currentSrc || img.src,
       alt: img.getAttribute("alt"), complete: img.complete, naturalWidth: img.naturalWidth,
@@ -352,13 +413,18 @@ def _alt_problem(img: dict) -> str | None:
 
 
 def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = None,
-               expected_links: dict | None = None) -> PageReport:
+               expected_links: dict | None = None, phone: bool = False) -> PageReport:
     """Open ``url`` in a new tab of ``context`` and return every problem found on it.
 
     ``expected_links`` (optional) says where this page's buttons must point:
     ``{"source": "chapters/x.ipynb", "repository": "https://github.com/o/r", "branch": "main",
     "binder": "https://mybinder.org", "colab": "https://colab.research.google.com",
     "launch": True}`` (``launch``: whether Binder/Colab buttons must be there, i.e. a notebook).
+
+    ``phone``: the page is open in a phone-sized ``context`` (``PHONE``) and only what depends on
+    the window's width is judged, with the phone's width policy (module docstring): the page loads
+    without errors and nothing makes it wider than the window. Content (math, images, links,
+    buttons) is the same at every width and is judged by the desktop check.
     """
     problems: list[str] = []
     page = context.new_page()
@@ -394,7 +460,7 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
         response = page.goto(url, wait_until="load")
         if response is None or response.status != 200:
             problems.append(f"page itself: HTTP {response.status if response else 'no response'}")
-        facts = page.evaluate(_PAGE_FACTS_JS, TIMEOUT_MS // 2)
+        facts = page.evaluate(_PAGE_FACTS_JS, {"waitMs": TIMEOUT_MS // 2, "phone": phone})
         if page.url.split("#")[0] != url.split("#")[0]:
             problems.append(f"page navigated away to {page.url}: the checks ran on that page instead")
         if screenshot is not None:
@@ -413,6 +479,21 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
         problems.append(f"{facts['mathCount']} math elements but MathJax did not load")
     if facts["imagesTimedOut"]:
         problems.append(f"images still loading after {TIMEOUT_MS // 2000} s")
+    if not phone:
+        problems.extend(_content_problems(facts, base, links, expected_links))
+
+    # width
+    if facts["pageScrollWidth"] > facts["viewportWidth"] + 1:
+        problems.append(f"page scrolls sideways: {facts['pageScrollWidth']}px wide in a "
+                        f"{facts['viewportWidth']}px window")
+    problems.extend(facts["tooWide"])
+    return PageReport(url=url, problems=list(dict.fromkeys(problems)), facts=facts)  # each once
+
+
+def _content_problems(facts: dict, base: urllib.parse.ParseResult, links: LinkChecker,
+                      expected_links: dict | None) -> list[str]:
+    """What is wrong with the page's math, images, links and buttons (the same at every width)."""
+    problems = []
     for tex in facts["untypeset"]:
         problems.append(f"equation not typeset by MathJax: {tex!r}")
     for error in facts["mathErrors"]:
@@ -447,15 +528,9 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
         if problem:
             problems.append(f"dead link {link['raw']!r} ({link['text']!r}): {problem}")
 
-    # width
-    if facts["pageScrollWidth"] > facts["viewportWidth"] + 1:
-        problems.append(f"page scrolls sideways: {facts['pageScrollWidth']}px wide in a "
-                        f"{facts['viewportWidth']}px window")
-    problems.extend(facts["tooWide"])
-
     if expected_links is not None:
         problems.extend(_button_problems(facts["links"], expected_links))
-    return PageReport(url=url, problems=list(dict.fromkeys(problems)), facts=facts)  # each once
+    return problems
 
 
 def _button_problems(links: list[dict], expected: dict) -> list[str]:
@@ -496,3 +571,91 @@ def redirect_target(html_file: Path) -> str | None:
     """The target of a page that is only a ``<meta http-equiv="Refresh">`` redirect, else None."""
     match = _REFRESH.search(Path(html_file).read_text(encoding="utf-8", errors="replace")[:2000])
     return match[1] if match else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Citations and the bibliography (sphinxcontrib-bibtex): a citation's text is its entry's label.
+
+_CITATION_FACTS_JS = r"""
+() => {
+  const squash = s => (s || "").replace(/\s+/g, " ").trim();
+  // each bibliography entry's label without Sphinx's brackets (and backlinks, if any)
+  const labels = {};
+  for (const entry of document.querySelectorAll(".citation[id]")) {
+    const label = entry.querySelector(":scope > .label");
+    if (!label) continue;
+    const copy = label.cloneNode(true);
+    copy.querySelectorAll(".fn-bracket, .backrefs").forEach(part => part.remove());
+    labels[entry.id] = squash(copy.textContent);
+  }
+  // every link with a fragment, as the reader sees its text; `citation`: written by a {cite} role
+  const links = Array.from(document.querySelectorAll("a[href*='#']")).map(a => ({
+    href: a.href, text: squash(a.innerText || a.textContent), citation: !!a.closest(".bibtex-citation"),
+  }));
+  return { labels, links };
+}
+"""
+
+
+def citation_facts(context, url: str) -> dict:
+    """The bibliography entries (``labels``: id -> label text) and the links with a fragment
+    (``links``: href, text, citation) of the page at ``url``, opened in a new tab of ``context``."""
+    page = context.new_page()
+
+    def route(route_):
+        host = urllib.parse.urlparse(route_.request.url).hostname
+        if host in LOCAL_HOSTS or route_.request.url.startswith(("data:", "blob:")):
+            route_.continue_()
+        else:  # check_page reports these; here they would only slow the page down
+            route_.abort("blockedbyclient")
+
+    page.route("**/*", route)
+    try:
+        page.goto(url, wait_until="load")
+        return page.evaluate(_CITATION_FACTS_JS)
+    finally:
+        page.close()
+
+
+def _target(href: str) -> tuple[str, str]:
+    url, fragment = urllib.parse.urldefrag(href)
+    return url, urllib.parse.unquote(fragment)
+
+
+def citation_problems(pages: dict[str, dict]) -> list[str]:
+    """What is wrong with the citations of ``pages`` (url -> ``citation_facts``): every link to a
+    bibliography entry must show exactly that entry's label (author-year: "Jacob et al., 2018" in
+    the text, "[Jacob et al., 2018]" on the bibliography page), no two entries may share a label,
+    every citation must link to an entry, and every entry must be cited from one of the pages (the
+    ``{bibliography}`` directive lists cited entries only, so an uncited one means a page is
+    missing from ``pages``)."""
+    problems = []
+    entries: dict[tuple[str, str], str] = {}
+    for url, facts in pages.items():
+        by_label: dict[str, list[str]] = {}
+        for entry_id, label in facts["labels"].items():
+            entries[_target(url)[0], entry_id] = label
+            by_label.setdefault(label, []).append(entry_id)
+            if not label:
+                problems.append(f"{url}#{entry_id}: bibliography entry without a label")
+        for label, ids in by_label.items():
+            if label and len(ids) > 1:
+                problems.append(f"{url}: entries {', '.join('#' + i for i in ids)} share the label {label!r}: "
+                                "their citations cannot be told apart")
+    if not entries:
+        return ["no bibliography entry (.citation with a label) on any page"]
+    cited = set()
+    for url, facts in pages.items():
+        for link in facts["links"]:
+            target = _target(link["href"])
+            if target in entries:
+                cited.add(target)
+                if link["text"] != entries[target]:
+                    problems.append(f"{url}: citation {link['text']!r} links to the bibliography entry labelled "
+                                    f"{entries[target]!r} ({target[0]}#{target[1]})")
+            elif link["citation"]:
+                problems.append(f"{url}: citation {link['text']!r} links to {link['href']}, "
+                                "which is no bibliography entry")
+    for target in sorted(set(entries) - cited):
+        problems.append(f"bibliography entry {entries[target]!r} ({target[0]}#{target[1]}) is cited from no page")
+    return problems

@@ -77,12 +77,66 @@ BROKEN = HEAD.format(title="Broken", scripts="", repo=REPO, binder_path="chapter
 <p><a href="nowhere.html">a dead link</a>, <a href="other.html#no-such-section">a dead anchor</a></p>
 <div style="width: 1500px">a block wider than the article</div>
 <pre style="overflow-x: auto">""" + "x" * 400 + """</pre>
+<div style="overflow: hidden; width: 300px"><span style="display: inline-block; width: 500px">cut</span></div>
 """ + _cell("", "stream", "untagged " + LONG_LINE) \
     + _cell("wrap-output", "stream", "a tagged line that fits") \
     + _cell("", "traceback", "untagged Traceback " + "-" * 300) + """
 <img src="https://fonts.example.invalid/font.png" alt="an outside resource">
 <script>console.error("a console error");</script>
 <script>undefinedFunction();</script>
+</article></body></html>
+"""
+
+
+# At a phone's width (rendered_book.PHONE): a page laid out like the book's (article across the window,
+# the theme's heading size, Sphinx's no-wrap words of inline code); without the book's stylesheet the
+# healthy one scrolls sideways.
+PHONE_HEAD = """<!DOCTYPE html><html><head><meta charset="utf-8"><title>{title}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>body {{ margin: 0; font-size: 16px; }} article {{ margin: 0 16px; {article} }}
+pre {{ overflow-x: auto; font-family: monospace; }} .dropdown {{ overflow: hidden; padding: 0 12px; }}
+h2 {{ font-size: 34px; }} h2 code {{ display: inline-block; }} span.pre {{ white-space: nowrap; }}</style>
+<link rel="stylesheet" href="_static/custom.css">
+</head><body><article class="bd-article">
+"""
+LONG_CODE = ('<code class="docutils literal notranslate"><span class="pre">distiller.KnowledgeDistillationPolicy('
+             'student,</span> <span class="pre">teacher,</span> <span class="pre">temperature)</span></code>')
+
+PHONE_HEALTHY = PHONE_HEAD.format(title="Phone, healthy", article="") + f"""
+<h2>With <code class="docutils literal notranslate"><span class="pre">torch.ao.quantization</span></code></h2>
+<h2>Data parallelism with DistributedDataParallel</h2>
+<p>Inline code longer than a phone's line: {LONG_CODE}, wrapped by the book's stylesheet.</p>
+<div class="dropdown"><p>A hint that clips what does not fit: {LONG_CODE}</p></div>
+""" + _cell("", "stream", LONG_LINE) + """
+<div style="overflow-x: auto"><table><tr><td style="white-space: nowrap">""" + "a wide table cell " * 8 + """</td></tr>
+</table></div>
+</article></body></html>
+"""
+
+PHONE_BROKEN = PHONE_HEAD.format(title="Phone, broken", article="min-width: 420px;") + """
+<h1>A page wider than a phone</h1>
+<div style="width: 600px">a block wider than the window</div>
+<div style="overflow-x: auto; width: 520px"><pre>a box that scrolls but is itself too wide</pre></div>
+<div class="dropdown"><p><span style="white-space: nowrap">""" + "cut off " * 12 + """</span></p></div>
+</article></body></html>
+"""
+
+# Citations (sphinxcontrib-bibtex's HTML): an entry on the bibliography page, cited from a chapter.
+BIBLIOGRAPHY = """<!DOCTYPE html><html><head><title>Bibliography</title></head><body><article>
+<div role="list" class="citation-list">
+<div class="citation" id="id1" role="doc-biblioentry">
+<span class="label"><span class="fn-bracket">[</span>Jacob et al., 2018<span class="fn-bracket">]</span></span>
+<p>Benoit Jacob and others. Quantization. 2018.</p></div>
+<div class="citation" id="id2" role="doc-biblioentry">
+<span class="label"><span class="fn-bracket">[</span>PY10<span class="fn-bracket">]</span></span>
+<p>Sinno Jialin Pan and Qiang Yang. A survey on transfer learning. 2010.</p></div>
+</div></article></body></html>
+"""
+CITING = """<!DOCTYPE html><html><head><title>Chapter</title></head><body><article>
+<p>As <span class="bibtex-citation">[<a class="reference internal" href="bibliography.html#id1">Jacob
+<em>et al.</em>, 2018</a>]</span> showed, and <span class="bibtex-citation">[<a class="reference internal"
+href="bibliography.html#id2">Pan and Yang, 2010</a>]</span> surveyed
+(<span class="bibtex-citation">[<a href="bibliography.html#id9">Gone, 1999</a>]</span>).</p>
 </article></body></html>
 """
 
@@ -96,6 +150,10 @@ def fixture_site(tmp_path):
         '<h2 id="section">Section</h2></article></body></html>', encoding="utf-8")
     (tmp_path / "healthy.html").write_text(HEALTHY, encoding="utf-8")
     (tmp_path / "broken.html").write_text(BROKEN, encoding="utf-8")
+    (tmp_path / "phone-healthy.html").write_text(PHONE_HEALTHY, encoding="utf-8")
+    (tmp_path / "phone-broken.html").write_text(PHONE_BROKEN, encoding="utf-8")
+    (tmp_path / "bibliography.html").write_text(BIBLIOGRAPHY, encoding="utf-8")
+    (tmp_path / "citing.html").write_text(CITING, encoding="utf-8")
     # the same offline MathJax the book ships (book_ext/offline_mathjax.py)
     shutil.copytree(offline_mathjax.ES5, tmp_path / "_static" / "mathjax", ignore=offline_mathjax._ignore)
     # and the book's own stylesheet, which wraps the outputs of `wrap-output` cells
@@ -135,6 +193,7 @@ def test_broken_page_fails_every_check(fixture_site, browser_context):
         "dead anchor": "no element with id 'no-such-section'",
         "404 while loading": "HTTP 404 for " + base_url + "missing.png",
         "sticks out": "sticks out of the article column",
+        "cut off": 'span "cut" is cut off: it reaches',
         "figure shrunk": "image wide.png is shrunk to 50% of its 1400px width to fit",
         "scrollbar": "needs a horizontal scrollbar",
         "wide output": '"untagged accuracy 96.1%, accuracy 96.1%, accuracy 96.1%, acc": printed output is ',
@@ -150,6 +209,55 @@ def test_broken_page_fails_every_check(fixture_site, browser_context):
     assert not missing, f"the checker missed {sorted(missing)}; it reported:\n{text}"
     # raw TeX outside code only: the long <pre> line of x's is not TeX and was not reported as such
     assert "xxxxxxxx'" not in text.split("needs a horizontal scrollbar")[0]
+
+
+def test_phone_width_healthy_page_passes(fixture_site, phone_context):
+    """Long words and inline code wrap (the book's stylesheet), and boxes may scroll inside themselves."""
+    base_url, folder = fixture_site
+    shot = folder / "shots" / "phone.png"
+    report = rendered_book.check_page(phone_context, base_url + "phone-healthy.html", rendered_book.LinkChecker(),
+                                      screenshot=shot, phone=True)
+    assert report.problems == []
+    assert report.facts["viewportWidth"] == 390
+    assert report.facts["scrollingBoxes"] >= 2  # the printed output and the table scroll in their boxes
+    assert shot.is_file()
+
+
+def test_phone_width_broken_page_fails(fixture_site, phone_context):
+    base_url, _ = fixture_site
+    report = rendered_book.check_page(phone_context, base_url + "phone-broken.html", rendered_book.LinkChecker(),
+                                      phone=True)
+    text = "\n".join(report.problems)
+    expected = {
+        "page scrolls": "page scrolls sideways:",
+        "article too wide": "article: the article column (16..436px) is wider than the 390px window",
+        "block sticks out": 'div "a block wider than the window" sticks out of the article column',
+        "scrolling box too wide": 'div "a box that scrolls but is itself too wide" sticks out of the article column',
+        "cut off": 'span "cut off cut off',
+    }
+    missing = {name: needle for name, needle in expected.items() if needle not in text}
+    assert not missing, f"the checker missed {sorted(missing)}; it reported:\n{text}"
+
+
+def test_citation_labels(fixture_site, browser_context):
+    base_url, _ = fixture_site
+    pages = {base_url + name: rendered_book.citation_facts(browser_context, base_url + name)
+             for name in ("bibliography.html", "citing.html")}
+    assert pages[base_url + "bibliography.html"]["labels"] == {"id1": "Jacob et al., 2018", "id2": "PY10"}
+    assert rendered_book.citation_problems(pages) == [
+        f"{base_url}citing.html: citation 'Pan and Yang, 2010' links to the bibliography entry labelled 'PY10' "
+        f"({base_url}bibliography.html#id2)",
+        f"{base_url}citing.html: citation 'Gone, 1999' links to {base_url}bibliography.html#id9, "
+        "which is no bibliography entry",
+    ]
+    # an entry nobody cites, two entries with one label, and no bibliography at all
+    facts = {"labels": {"a": "Han et al., 2015", "b": "Han et al., 2015"}, "links": []}
+    problems = rendered_book.citation_problems({"http://h/bib.html": facts})
+    assert problems[0] == "http://h/bib.html: entries #a, #b share the label 'Han et al., 2015': " \
+                          "their citations cannot be told apart"
+    assert "bibliography entry 'Han et al., 2015' (http://h/bib.html#a) is cited from no page" in problems
+    assert rendered_book.citation_problems({"http://h/x.html": {"labels": {}, "links": []}}) == [
+        "no bibliography entry (.citation with a label) on any page"]
 
 
 def test_wrong_repository_link_is_reported():

@@ -4,7 +4,8 @@ Runs on the HTML that ``make html-stored`` builds from the notebooks' stored out
 check-html`` (part of ``make test``) builds it, installs Chromium when missing, and runs this file
 with BOOK_HTML set. Without BOOK_HTML and without a build these tests are skipped, so a plain
 ``pytest tests`` before any build does not fail for that reason alone; with BOOK_HTML set, a missing
-build fails. A screenshot of every page goes to BOOK_SCREENSHOTS (default ``_build/screenshots``).
+build fails. A screenshot of every page goes to BOOK_SCREENSHOTS (default ``_build/screenshots``),
+and one at a phone's width to its ``phone/`` folder.
 """
 from __future__ import annotations
 
@@ -89,6 +90,31 @@ def test_toc_page(docname, site, browser_context):
     _fail_with(report)
     # not vacuous: the page was really inspected and has a title
     assert report.facts["title"], f"{docname}: the page has no title"
+
+
+@pytest.mark.parametrize("page", [f"{docname}.html" for docname in TOC_FILES] + EXTRA_PAGES)
+def test_page_at_phone_width(page, site, phone_context):
+    """The same page on a phone (390 x 844): it must not scroll sideways (rendered_book.PHONE)."""
+    base_url, links = site
+    report = rendered_book.check_page(phone_context, base_url + page, links,
+                                      screenshot=SCREENSHOTS / "phone" / page.replace(".html", ".png"), phone=True)
+    _fail_with(report)
+    assert report.facts["viewportWidth"] <= rendered_book.PHONE["viewport"]["width"], "not laid out at phone width"
+
+
+def test_bibliography_labels_are_the_citation_text(site, browser_context):
+    """Each bibliography entry is labelled with the text the chapters cite it by: every citation
+    link's text equals the label of the entry it links to (author-year, book_ext/author_year_labels.py)."""
+    base_url, _ = site
+    pages = {base_url + f"{docname}.html": rendered_book.citation_facts(browser_context, base_url + f"{docname}.html")
+             for docname in TOC_FILES}
+    problems = rendered_book.citation_problems(pages)
+    if problems:
+        pytest.fail(f"{len(problems)} citation problem(s):\n- " + "\n- ".join(problems), pytrace=False)
+    # not vacuous: entries were found, and citations to them
+    entries = sum(len(facts["labels"]) for facts in pages.values())
+    citations = sum(link["citation"] for facts in pages.values() for link in facts["links"])
+    assert entries >= 10 and citations >= entries, f"{entries} entries, {citations} citations"
 
 
 @pytest.mark.parametrize("page", EXTRA_PAGES)
