@@ -72,7 +72,8 @@ c['execute']['execute_notebooks'] = 'off'; yaml.safe_dump(c, open('_build/config
 
 # Every page of the html-stored build opened in headless Chromium, as a reader sees it (console
 # errors, equations typeset by MathJax, images and alt text, links, nothing wider than the page,
-# launch and repository buttons); a screenshot of each page goes to _build/screenshots/.
+# launch and repository buttons, bibliography labels equal to the citations), at a desktop width and
+# at a phone's 390 px; screenshots of each page go to _build/screenshots/ (phone/ for 390 px).
 # Chromium is Debian's package, driven by Playwright's Python package (never `playwright install`).
 # Takes well under 2 minutes; `timeout` bounds it at 10 even if a browser call hangs.
 CHROMIUM ?= /usr/bin/chromium
