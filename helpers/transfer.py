@@ -277,7 +277,7 @@ def fine_tune(model: nn.Module, train_loader: DataLoader, *, num_steps: int = 50
     if batches == 0:
         raise ValueError("train_loader yields no batches")
     return train(model, train_loader, num_epochs=math.ceil(num_steps / batches), optimizer=optimizer,
-                 max_steps=num_steps)
+                 quiet=True, max_steps=num_steps)  # a short run: no bar per (partial) epoch
 
 
 def lp_ft(model: nn.Module, train_loader: DataLoader, *, probe_steps: int = 100,
