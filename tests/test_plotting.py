@@ -46,3 +46,29 @@ def test_use_book_style_sets_rcparams():
     matplotlib.rcParams["axes.grid"] = False
     use_book_style()
     assert all(matplotlib.rcParams[k] == v for k, v in BOOK_STYLE.items() if k != "figure.figsize")
+
+
+def test_inside_ipython_figures_are_stored_at_twice_their_pixels():
+    """What a notebook stores for a figure: a PNG of 2x the pixels, with the size to show it at."""
+    import base64
+    import struct
+
+    import matplotlib.pyplot as plt
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.display_formatter.active_types = ["text/plain", "image/png"]  # as in a Jupyter kernel
+    try:
+        use_book_style()
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [1, 0])  # IPython shows no empty figure
+        data, metadata = shell.display_formatter.format(fig)
+        plt.close(fig)
+    finally:
+        InteractiveShell.clear_instance()
+    png = base64.b64decode(data["image/png"])
+    pixel_width, pixel_height = struct.unpack(">II", png[16:24])  # the PNG header's IHDR chunk
+    shown = metadata["image/png"]
+    assert (pixel_width // 2, pixel_height // 2) == (shown["width"], shown["height"])
+    # shown at figure.dpi (cropped to what was drawn: bbox_inches="tight")
+    assert 0.8 * 3 * BOOK_STYLE["figure.dpi"] < shown["width"] <= 3 * BOOK_STYLE["figure.dpi"]
