@@ -109,7 +109,7 @@ execute: setup
 ## Markdown tables on stdout, everything with its spread in _build/bench/bench.json. Takes minutes;
 ## never part of make test (tests/test_bench.py runs only its --quick mode). Run it on a quiet machine.
 bench: setup
-	$(QUIET) $(BIN)/python -m benchmarks.bench
+	$(BIN)/python -m benchmarks.bench
 
 ## make lab: open the chapters in JupyterLab.
 lab: setup

@@ -42,6 +42,7 @@ import dataclasses
 import datetime as _dt
 import inspect
 import json
+import os
 import statistics
 import sys
 import time
@@ -60,7 +61,7 @@ from helpers.noise import int8_kernels
 from helpers.pruning import iterative_magnitude_prune, prune_chain
 from helpers.quantization import CNN_FUSION, pt2e_quantize, ptq_eager, qat_eager
 from helpers.sparse import sparse_size_bytes
-from helpers.training import evaluate, set_seed, train, train_baseline
+from helpers.training import PROGRESS_ENV, evaluate, set_seed, train, train_baseline
 from helpers.transfer import RECIPES, run_recipe
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "_build" / "bench" / "bench.json"
@@ -516,6 +517,9 @@ def main(argv: list[str] | None = None) -> dict:
                         help="PyTorch intra-op threads for everything (default: PyTorch's own choice)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
+    # the benchmark reports its own progress ("[bench ...]" lines on stderr); training's progress bars,
+    # on by default for a reader, would bury them
+    os.environ.setdefault(PROGRESS_ENV, "0")
     if args.out.exists() and args.out.is_dir():
         parser.error(f"--out must be a file path, got the directory {args.out}")
     if args.threads:
