@@ -14,8 +14,9 @@ What one page must pass (``check_page``):
   is left in the visible text outside code;
 - every ``<img>`` loaded (``naturalWidth > 0``) and has alt text that describes it: present,
   non-empty, and not just the image's file name (what myst-nb writes when a notebook cell gives none);
-  and it is not shrunk below ``MIN_IMAGE_SCALE`` of its width to fit the column (its text would be
-  too small to read);
+  and it is not shrunk below ``MIN_IMAGE_SCALE`` of the width it was drawn for to fit the column
+  (its text would be too small to read); a high-density PNG's given width, half its pixel width,
+  is the width it was drawn for; and it keeps its aspect ratio (not squeezed by a fixed height);
 - every link inside the book resolves: HTTP 200 from the local server and, for ``page#anchor``,
   an element with that id on the target page;
 - nothing is wider than the page. The width policy, at a 1280-pixel-wide window (article column
@@ -41,8 +42,9 @@ What one page must pass (``check_page``):
   window, and nothing sticks out of the column or is cut off, but a box may scroll sideways inside
   itself (printed outputs, code, tables, display equations: the reader swipes that box, not the
   page). Long words and inline code wrap there (``_static/custom.css``);
-- launch (Binder, Colab) and repository buttons point at this page's source file in the
-  repository on the configured branch (``expected_links``).
+- launch (Colab, and Binder when one is configured) and repository buttons point at this page's
+  source file in the repository on the configured branch (``expected_links``); with no Binder
+  configured there is no Binder button.
 
 A screenshot of the whole page is saved for a person to look at.
 
@@ -382,7 +384,11 @@ async ({waitMs, phone}) => {
     images: images.map(img => ({
       src: img.getAttribute("src") || "", url: img.currentSrc || img.src,
       alt: img.getAttribute("alt"), complete: img.complete, naturalWidth: img.naturalWidth,
-      shownWidth: img.getBoundingClientRect().width,
+      // the width the figure was drawn for: a high-density ("retina") PNG is given half its pixel
+      // width (myst-nb writes it as style="width: ...px")
+      designWidth: parseFloat(img.style.width) || Number(img.getAttribute("width")) || img.naturalWidth,
+      shownWidth: img.getBoundingClientRect().width, shownHeight: img.getBoundingClientRect().height,
+      naturalHeight: img.naturalHeight,
     })),
     links: Array.from(document.querySelectorAll("a[href]")).map(a => ({
       href: a.href, raw: a.getAttribute("href"), text: (a.textContent || "").trim().slice(0, 60),
@@ -419,7 +425,8 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
     ``expected_links`` (optional) says where this page's buttons must point:
     ``{"source": "chapters/x.ipynb", "repository": "https://github.com/o/r", "branch": "main",
     "binder": "https://mybinder.org", "colab": "https://colab.research.google.com",
-    "launch": True}`` (``launch``: whether Binder/Colab buttons must be there, i.e. a notebook).
+    "launch": True}`` (``launch``: whether Binder/Colab buttons must be there, i.e. a notebook;
+    ``"binder": None``: no Binder is configured, so no page may have a Binder button).
 
     ``phone``: the page is open in a phone-sized ``context`` (``PHONE``) and only what depends on
     the window's width is judged, with the phone's width policy (module docstring): the page loads
@@ -512,9 +519,15 @@ def _content_problems(facts: dict, base: urllib.parse.ParseResult, links: LinkCh
         alt = _alt_problem(img)
         if alt:
             problems.append(f"image {img['src']} {alt}")
-        if img["naturalWidth"] and img["shownWidth"] and img["shownWidth"] < MIN_IMAGE_SCALE * img["naturalWidth"]:
-            problems.append(f"image {img['src']} is shrunk to {img['shownWidth'] / img['naturalWidth']:.0%} of its "
-                            f"{img['naturalWidth']}px width to fit: its text is too small to read; make the "
+        if img["naturalWidth"] and img.get("naturalHeight") and img["shownWidth"] and img.get("shownHeight"):
+            stretch = (img["shownWidth"] / img["shownHeight"]) / (img["naturalWidth"] / img["naturalHeight"])
+            if abs(stretch - 1) > 0.05:
+                problems.append(f"image {img['src']} is distorted: shown {img['shownWidth']:.0f}x"
+                                f"{img['shownHeight']:.0f}, drawn {img['naturalWidth']}x{img['naturalHeight']}")
+        design = img.get("designWidth") or img["naturalWidth"]
+        if design and img["shownWidth"] and img["shownWidth"] < MIN_IMAGE_SCALE * design:
+            problems.append(f"image {img['src']} is shrunk to {img['shownWidth'] / design:.0%} of its "
+                            f"{design}px width to fit: its text is too small to read; make the "
                             f"figure narrower (matplotlib figsize)")
 
     # links inside the book
@@ -540,14 +553,16 @@ def _button_problems(links: list[dict], expected: dict) -> list[str]:
     owner_repo = urllib.parse.urlparse(repo).path.strip("/")
     source, branch = expected["source"], expected["branch"]
     hrefs = [link["href"] for link in links if link["button"]]  # the page's header buttons
-    binder_prefix = expected["binder"].rstrip("/") + "/"
+    binder_prefix = (expected["binder"] or "https://mybinder.org").rstrip("/") + "/"
     colab_prefix = expected["colab"].rstrip("/") + "/"
     binder = [h for h in hrefs if h.startswith(binder_prefix)]
     colab = [h for h in hrefs if h.startswith(colab_prefix)]
     want_binder = f"{binder_prefix}v2/gh/{owner_repo}/{branch}?urlpath=lab/tree/{source}"
     want_colab = f"{colab_prefix}github/{owner_repo}/blob/{branch}/{source}"
+    if not expected["binder"] and binder:
+        problems.append(f"a Binder button, though no Binder is configured: {binder[0]}")
     if expected["launch"]:
-        if want_binder not in binder:
+        if expected["binder"] and want_binder not in binder:
             problems.append(f"Binder button should be {want_binder}, found {binder or 'none'}")
         if want_colab not in colab:
             problems.append(f"Colab button should be {want_colab}, found {colab or 'none'}")

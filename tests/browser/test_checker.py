@@ -58,6 +58,7 @@ HEALTHY = HEAD.format(title="Healthy", scripts=MATHJAX, repo=REPO, binder_path="
 <p>Inline math <span class="math notranslate nohighlight">\(x^2 + 1\)</span> and a display equation:</p>
 <div class="math notranslate nohighlight">\[\sum_{i=1}^{n} w_i x_i\]</div>
 <img src="square.png" alt="A small white rectangle used as a test figure">
+<img src="retina.png" style="width: 600px; height: 20px;" alt="A high-density test figure shown at half its pixels">
 <p><a href="other.html#section">a link to a section</a> and <a href="#top">back to the top</a>.</p>
 <pre>short code line</pre>
 """ + _cell("", "stream", "a printed line that fits") \
@@ -74,6 +75,7 @@ BROKEN = HEAD.format(title="Broken", scripts="", repo=REPO, binder_path="chapter
 <img src="square.png">
 <img src="square.png" alt="square.png">
 <img src="wide.png" alt="A figure twice as wide as the column">
+<img src="square.png" style="width: 40px; height: 60px;" alt="A test figure squeezed by a fixed height">
 <p><a href="nowhere.html">a dead link</a>, <a href="other.html#no-such-section">a dead anchor</a></p>
 <div style="width: 1500px">a block wider than the article</div>
 <pre style="overflow-x: auto">""" + "x" * 400 + """</pre>
@@ -145,6 +147,7 @@ href="bibliography.html#id2">Pan and Yang, 2010</a>]</span> surveyed
 def fixture_site(tmp_path):
     (tmp_path / "square.png").write_bytes(_png(40, 30))
     (tmp_path / "wide.png").write_bytes(_png(1400, 20))
+    (tmp_path / "retina.png").write_bytes(_png(1200, 40))
     (tmp_path / "other.html").write_text(
         '<!DOCTYPE html><html><head><title>Other</title></head><body><article>'
         '<h2 id="section">Section</h2></article></body></html>', encoding="utf-8")
@@ -195,6 +198,7 @@ def test_broken_page_fails_every_check(fixture_site, browser_context):
         "sticks out": "sticks out of the article column",
         "cut off": 'span "cut" is cut off: it reaches',
         "figure shrunk": "image wide.png is shrunk to 50% of its 1400px width to fit",
+        "figure distorted": "image square.png is distorted: shown 40x60, drawn 40x30",
         "scrollbar": "needs a horizontal scrollbar",
         "wide output": '"untagged accuracy 96.1%, accuracy 96.1%, accuracy 96.1%, acc": printed output is ',
         "needless tag": '"a tagged line that fits": the cell is tagged wrap-output but its outputs fit',
@@ -269,6 +273,18 @@ def test_wrong_repository_link_is_reported():
                         f"on main: {REPO}/blob/dev/chapters/page.ipynb"]
     assert rendered_book._button_problems([], {**EXPECTED, "launch": False}) == [
         f"no repository button linking to {REPO}"]
+
+
+def test_binder_buttons_only_where_binder_is_configured():
+    colab = "https://colab.research.google.com/github/example-owner/example-book/blob/main/chapters/page.ipynb"
+    binder = "https://mybinder.org/v2/gh/example-owner/example-book/main?urlpath=lab/tree/chapters/page.ipynb"
+    links = [{"href": href, "button": True} for href in (REPO, colab)]
+    without = {**EXPECTED, "binder": None}
+    assert rendered_book._button_problems(links, without) == []
+    assert rendered_book._button_problems(links + [{"href": binder, "button": True}], without) == [
+        f"a Binder button, though no Binder is configured: {binder}"]
+    assert rendered_book._button_problems(links, EXPECTED) == [
+        f"Binder button should be {binder}, found none"]
 
 
 def test_serve_rejects_a_missing_folder(tmp_path):

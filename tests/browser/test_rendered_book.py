@@ -68,7 +68,7 @@ def _expected_links(source: str) -> dict:
         "source": source,
         "repository": CONFIG["repository"]["url"],
         "branch": CONFIG["repository"]["branch"],
-        "binder": launch["binderhub_url"],
+        "binder": launch.get("binderhub_url"),  # None: no Binder button (_config.yml says why)
         "colab": launch["colab_url"],
         "launch": source.endswith(".ipynb"),
     }
