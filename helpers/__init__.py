@@ -25,7 +25,7 @@ from helpers.measure import (
 )
 from helpers.models import CNN, MLP
 from helpers.notebook import short_tracebacks
-from helpers.plotting import plot_training_curves, read_scalars, use_book_style
+from helpers.plotting import plot_runs, plot_training_curves, read_scalars, use_book_style
 from helpers.training import evaluate, set_seed, tensorboard_dir, train, train_baseline
 
 use_book_style()
@@ -34,7 +34,7 @@ short_tracebacks()
 __all__ = [
     "CNN", "MLP", "compare", "compile_for_inference", "count_parameters", "cpu_features", "evaluate", "latencies",
     "latency", "layer_costs", "load_digits", "load_mnist", "machine_info", "make_loader", "size_bytes",
-    "plot_training_curves", "random_batches", "read_scalars", "set_seed", "short_tracebacks", "sparsity",
+    "plot_runs", "plot_training_curves", "random_batches", "read_scalars", "set_seed", "short_tracebacks", "sparsity",
     "take_per_class",
     "tensorboard_dir", "train", "train_baseline", "use_book_style",
 ]

@@ -100,3 +100,33 @@ def plot_training_curves(log_dir: str | os.PathLike, title: str | None = None):
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_runs(runs: dict[str, str | os.PathLike], tags=("loss/train", "accuracy/val"), title: str | None = None):
+    """One panel per scalar ``tag``, one line per run: TensorBoard's comparison of runs, as a figure.
+
+    ``runs`` maps a label to a log directory written by :func:`helpers.training.train` (``log_dir=...``).
+    Raises ``KeyError`` naming the run and the tags it has when a run lacks a tag, ``ValueError`` for
+    no runs. Returns the matplotlib ``Figure``.
+    """
+    if not runs:
+        raise ValueError("runs must name at least one log directory")
+    scalars = {label: read_scalars(log_dir) for label, log_dir in runs.items()}
+    for label, found in scalars.items():
+        missing = [tag for tag in tags if tag not in found]
+        if missing:
+            raise KeyError(f"run {label!r} has no {missing} (it has {sorted(found)})")
+    palette = [COLORS[key] for key in ("fp32", "optimized", "teacher", "student", "other", "grey")]
+    fig, axes = plt.subplots(1, len(tags), figsize=(4.5 * len(tags), 3.4), squeeze=False)
+    for ax, tag in zip(axes[0], tags):
+        for (label, found), color in zip(scalars.items(), palette * len(scalars)):
+            steps, values = found[tag]
+            ax.plot(steps, values, color=color, lw=0.8 if "step" in tag else 1.5,
+                    marker=None if "step" in tag else "o", markersize=3, label=label)
+        kind, _, split = tag.partition("/")
+        ax.set(xlabel="optimizer step" if "step" in split else "epoch", ylabel=f"{kind} ({split.replace('_', ' ')})")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

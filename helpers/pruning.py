@@ -413,14 +413,16 @@ def prune_chain(model: nn.Module, amount, chain=CNN_CHAIN):
 
 
 def iterative_magnitude_prune(model: nn.Module, train_loader, amount, *, rounds: int, epochs_per_round: int,
-                              names=None) -> nn.Module:
+                              names=None, log_dir=None) -> nn.Module:
     """Prune-then-fine-tune in ``rounds`` rounds to global sparsity ``amount`` (Han et al. 2015).
 
     A copy of ``model``; round ``r`` of ``R`` prunes it to ``1 - (1 - amount)^(r / R)`` with
     :func:`global_magnitude_prune` (the same fraction of the surviving weights each round), then
     trains ``epochs_per_round`` epochs with :func:`helpers.train`, masks re-applied after every step
     (:func:`apply_masks`). The zeros are in the returned weights: no mask or hook stays behind.
-    Seed before calling (:func:`helpers.set_seed`) for a repeatable run.
+    Seed before calling (:func:`helpers.set_seed`) for a repeatable run. With ``log_dir``, the
+    rounds' training is logged to TensorBoard there as one run, steps and epochs counted on from
+    round to round (:func:`helpers.train`'s ``first_step`` and ``first_epoch``).
     """
     check_int("rounds", rounds, minimum=1)
     check_int("epochs_per_round", epochs_per_round, minimum=0)
@@ -429,6 +431,8 @@ def iterative_magnitude_prune(model: nn.Module, train_loader, amount, *, rounds:
     for r in range(1, rounds + 1):
         masks = global_magnitude_prune(pruned, 1 - (1 - amount) ** (r / rounds), names)
         if epochs_per_round:
+            done = (r - 1) * epochs_per_round
             train(pruned, train_loader, num_epochs=epochs_per_round,
-                  after_step=lambda m, masks=masks: apply_masks(m, masks))
+                  after_step=lambda m, masks=masks: apply_masks(m, masks), log_dir=log_dir,
+                  first_step=done * len(train_loader), first_epoch=done)
     return pruned

@@ -370,15 +370,16 @@ def post_training_quantize(model: nn.Module, bits: int, per_channel: bool = True
 
 
 def quantization_aware_train(model: nn.Module, train_loader, bits: int, per_channel: bool = True,
-                             num_epochs: int = 2, lr: float = 1e-4) -> nn.Module:
+                             num_epochs: int = 2, lr: float = 1e-4, log_dir=None) -> nn.Module:
     """Weight-only QAT: fine-tune a fake-quantized copy of a trained ``model`` with the STE.
 
     Starts from the trained float weights (as Jacob et al. and Krishnamoorthi recommend), trains
-    ``num_epochs`` with Adam at ``lr`` using :func:`helpers.training.train`, and returns the copy in
-    eval mode, its weights still fake-quantized to ``bits``.
+    ``num_epochs`` with Adam at ``lr`` using :func:`helpers.training.train` (logged to TensorBoard
+    in ``log_dir`` if given), and returns the copy in eval mode, its weights still fake-quantized
+    to ``bits``.
     """
     quantized = quantize_weights(model, bits, per_channel)
-    train(quantized, train_loader, num_epochs=num_epochs, lr=lr)
+    train(quantized, train_loader, num_epochs=num_epochs, lr=lr, log_dir=log_dir)
     return quantized.eval()
 
 
@@ -433,12 +434,13 @@ def ptq_eager(model: nn.Module, calibration_batches, fuse=CNN_FUSION) -> nn.Modu
 
 
 def qat_eager(model: nn.Module, train_loader, num_epochs: int, seed: int = 0, lr: float = 1e-4,
-              fuse=CNN_FUSION) -> nn.Module:
+              fuse=CNN_FUSION, val_loader=None, log_dir=None) -> nn.Module:
     """int8 QAT with eager ``torch.ao.quantization``: fine-tune a fake-quantized copy, then convert.
 
     Same wrapper and fusion as :func:`ptq_eager`, the x86 QAT qconfig, ``prepare_qat`` (fake-quantize
     modules with observers), ``num_epochs`` of :func:`helpers.train` at ``lr`` from the trained
-    weights after :func:`helpers.set_seed` with ``seed``, then ``convert``.
+    weights after :func:`helpers.set_seed` with ``seed``, then ``convert``. ``val_loader`` and
+    ``log_dir`` are passed to :func:`helpers.train` (validation metrics per epoch, TensorBoard).
     """
     set_seed(seed)
     qat = tq.QuantWrapper(copy.deepcopy(model)).train()
@@ -446,7 +448,7 @@ def qat_eager(model: nn.Module, train_loader, num_epochs: int, seed: int = 0, lr
     qat.qconfig = tq.get_default_qat_qconfig("x86")
     with taught_torch_ao_warnings(), int8_kernels():
         tq.prepare_qat(qat, inplace=True)
-        train(qat, train_loader, num_epochs=num_epochs, lr=lr)
+        train(qat, train_loader, num_epochs=num_epochs, lr=lr, val_loader=val_loader, log_dir=log_dir)
         qat.eval()
         tq.convert(qat, inplace=True)
     return qat

@@ -136,7 +136,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
           loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
           after_step: Callable[[nn.Module], None] | None = None,
           log_dir: str | os.PathLike | None = None, quiet: bool | None = None,
-          max_steps: int | None = None) -> History:
+          max_steps: int | None = None, first_step: int = 0, first_epoch: int = 0) -> History:
     """Train ``model`` in place for ``num_epochs`` and return its :class:`History`.
 
     - ``optimizer``: ``"adam"`` or ``"sgd"`` (built with ``lr`` and ``weight_decay``), or a ready
@@ -146,7 +146,9 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
     - ``after_step(model)``: called after every optimizer step (e.g. to re-apply pruning masks).
     - ``log_dir``: if given, TensorBoard scalars are written there: ``loss/train_step`` every step,
       and ``loss/train``, ``accuracy/train`` (and ``loss/val``, ``accuracy/val``) every epoch.
-      :func:`helpers.plotting.read_scalars` reads them back.
+      :func:`helpers.plotting.read_scalars` reads them back. ``first_step`` and ``first_epoch``
+      are where this call's steps and epochs start counting in the log, so that successive calls
+      (rounds of pruning, say) continue one curve in one ``log_dir``.
     - ``quiet``: ``True`` hides the tqdm progress bar, ``False`` shows it; ``None`` (the default)
       shows it unless :data:`PROGRESS_ENV` is ``"0"`` (how the book's stored outputs are made).
     - ``max_steps``: stop after this many optimizer steps, in the middle of an epoch if need be
@@ -156,6 +158,8 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
     frameworks usually report it; validation metrics come from :func:`evaluate`.
     """
     check_int("num_epochs", num_epochs, minimum=1)
+    check_int("first_step", first_step, minimum=0)
+    check_int("first_epoch", first_epoch, minimum=0)
     if max_steps is not None:
         check_int("max_steps", max_steps, minimum=1)
     opt = (optimizer if isinstance(optimizer, torch.optim.Optimizer)
@@ -187,7 +191,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
                 correct += (logits.argmax(dim=1) == y).sum().item()
                 count += len(y)
                 if writer is not None:
-                    writer.add_scalar("loss/train_step", loss.item(), step)
+                    writer.add_scalar("loss/train_step", loss.item(), first_step + step)
                 step += 1
                 if step == max_steps:
                     break
@@ -202,7 +206,7 @@ def train(model: nn.Module, train_loader: DataLoader, *, num_epochs: int, lr: fl
                 scalars.update({"loss/val": result.loss, "accuracy/val": result.accuracy})
             if writer is not None:
                 for tag, value in scalars.items():
-                    writer.add_scalar(tag, value, epoch + 1)
+                    writer.add_scalar(tag, value, first_epoch + epoch + 1)
             if step == max_steps:
                 break
     finally:

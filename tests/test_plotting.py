@@ -6,7 +6,7 @@ matplotlib.use("Agg")
 import pytest  # noqa: E402
 from torch.utils.tensorboard import SummaryWriter  # noqa: E402
 
-from helpers.plotting import BOOK_STYLE, plot_training_curves, read_scalars, use_book_style  # noqa: E402
+from helpers.plotting import BOOK_STYLE, plot_runs, plot_training_curves, read_scalars, use_book_style  # noqa: E402
 
 
 def write_run(path):
@@ -40,6 +40,21 @@ def test_plot_training_curves_draws_every_series(tmp_path):
     assert len(acc_ax.lines) == 2  # train and val accuracy
     # per-epoch losses are placed at the end of their epoch, in optimizer steps
     assert list(loss_ax.lines[1].get_xdata()) == [3.0, 6.0]
+
+
+def test_plot_runs_compares_runs_tag_by_tag(tmp_path):
+    write_run(tmp_path / "a")
+    write_run(tmp_path / "b")
+    fig = plot_runs({"run a": tmp_path / "a", "run b": tmp_path / "b"},
+                    tags=("loss/train_step", "accuracy/val"))
+    steps_ax, val_ax = fig.axes
+    assert [line.get_label() for line in val_ax.lines[:2]] == ["run a", "run b"]
+    assert list(val_ax.lines[0].get_xdata()) == [1, 2] and len(steps_ax.lines) == 2
+    assert steps_ax.get_xlabel() == "optimizer step" and val_ax.get_xlabel() == "epoch"
+    with pytest.raises(KeyError, match=r"run 'run a' has no \['loss/val_step'\]"):
+        plot_runs({"run a": tmp_path / "a"}, tags=("loss/val_step",))
+    with pytest.raises(ValueError, match="runs must name at least one log directory"):
+        plot_runs({})
 
 
 def test_use_book_style_sets_rcparams():

@@ -9,6 +9,7 @@ from torch.nn.utils import prune
 
 from helpers.measure import count_parameters, size_bytes
 from helpers.models import CNN, MLP
+from helpers.plotting import read_scalars
 from helpers.pruning import (
     apply_masks,
     channel_l1_norms,
@@ -366,7 +367,7 @@ def test_prune_chain_halves_both_convolutions_like_two_prune_channels_calls():
     assert pruned(torch.randn(2, 1, 28, 28)).shape == (2, 10)
 
 
-def test_iterative_magnitude_prune_reaches_the_target_and_keeps_zeros():
+def test_iterative_magnitude_prune_reaches_the_target_and_keeps_zeros(tmp_path):
     torch.manual_seed(0)
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=32)
@@ -384,6 +385,10 @@ def test_iterative_magnitude_prune_reaches_the_target_and_keeps_zeros():
     global_magnitude_prune(oneshot, 0.9)
     no_training = iterative_magnitude_prune(seeded_cnn(), loader, 0.9, rounds=3, epochs_per_round=0)
     assert all(torch.equal(a, b) for a, b in zip(no_training.parameters(), oneshot.parameters()))
+    # logged as one run: 3 rounds of 1 epoch of 2 steps, counted on from round to round
+    iterative_magnitude_prune(model, loader, 0.9, rounds=3, epochs_per_round=1, log_dir=tmp_path)
+    scalars = read_scalars(tmp_path)
+    assert scalars["loss/train_step"][0] == list(range(6)) and scalars["accuracy/train"][0] == [1, 2, 3]
     with pytest.raises(ValueError, match=r"rounds must be an integer >= 1, got 0"):
         iterative_magnitude_prune(model, loader, 0.5, rounds=0, epochs_per_round=1)
     with pytest.raises(TypeError, match=r"rounds must be an integer >= 1, got True"):

@@ -10,6 +10,7 @@ from helpers.data import load_mnist, make_loader
 from helpers.measure import size_bytes
 from helpers.models import CNN
 from helpers.noise import int8_kernels, taught_torch_ao_warnings
+from helpers.plotting import read_scalars
 from helpers.quantization import (
     FakeQuantize,
     calculate_qparams,
@@ -204,7 +205,7 @@ def test_fake_quantize_module_tracks_range_and_freezes_in_eval():
         FakeQuantize().eval()(torch.ones(1))
 
 
-def test_quantize_weights_ptq_and_qat_on_the_cnn():
+def test_quantize_weights_ptq_and_qat_on_the_cnn(tmp_path):
     splits = load_mnist()
     train_loader = make_loader(splits.train, 128, shuffle=True, seed=0)
     torch.manual_seed(0)
@@ -218,9 +219,10 @@ def test_quantize_weights_ptq_and_qat_on_the_cnn():
         scale = layer.parametrizations.weight[0].qparams(layer.parametrizations.weight.original)[0]
         assert torch.equal(layer.weight, dequantize(q, scale, 0, axis=0))
     assert model.conv1.weight.dtype == torch.float32 and not hasattr(model.conv1, "parametrizations")
-    qat = quantization_aware_train(model, train_loader, bits=4, num_epochs=1, lr=1e-3)
+    qat = quantization_aware_train(model, train_loader, bits=4, num_epochs=1, lr=1e-3, log_dir=tmp_path)
     assert not torch.equal(qat.fc1.parametrizations.weight.original, model.fc1.weight)
     assert len(torch.unique(qat.fc1.weight[0])) <= 16
+    assert len(read_scalars(tmp_path)["loss/train_step"][0]) == len(train_loader)
 
 
 def test_taught_warnings_are_silenced_and_others_are_not():
@@ -331,7 +333,7 @@ def test_pt2e_quantize_stores_int8_weights_and_keeps_accuracy(trained_cnn):
         pt2e_quantize(model, [], batches[0])
 
 
-def test_eager_ptq_and_qat_convert_to_int8_modules(trained_cnn):
+def test_eager_ptq_and_qat_convert_to_int8_modules(trained_cnn, tmp_path):
     model, train_loader, test_loader = trained_cnn
     fp32_accuracy = evaluate(model, test_loader).accuracy
     int8 = ptq_eager(model, (batch for _, batch in zip(range(4), train_loader)))
@@ -340,8 +342,10 @@ def test_eager_ptq_and_qat_convert_to_int8_modules(trained_cnn):
     with int8_kernels():
         assert abs(evaluate(int8, test_loader).accuracy - fp32_accuracy) <= 0.02
     assert model.conv1.weight.dtype == torch.float32 and isinstance(model.conv1, nn.Conv2d)  # not touched
-    qat = qat_eager(model, train_loader, num_epochs=1, seed=0)
+    qat = qat_eager(model, train_loader, num_epochs=1, seed=0, val_loader=test_loader, log_dir=tmp_path)
     assert "quantized" in type(qat.module.fc1).__module__
+    scalars = read_scalars(tmp_path)  # the fake-quantized fine-tuning, logged for TensorBoard
+    assert len(scalars["loss/train_step"][0]) == len(train_loader) and scalars["accuracy/val"][0] == [1]
     with int8_kernels():
         assert evaluate(qat, test_loader).accuracy >= fp32_accuracy - 0.02  # one more epoch: may gain
     with pytest.raises(ValueError, match="calibration_batches must yield at least one batch"):

@@ -119,6 +119,20 @@ def test_train_writes_tensorboard_scalars(tmp_path):
     assert scalars["accuracy/val"][0] == [1, 2, 3]
 
 
+def test_successive_trains_continue_one_tensorboard_curve(tmp_path):
+    set_seed(0)
+    model, loader = tiny(), make_loader(blobs(), 50)  # 4 steps an epoch
+    train(model, loader, num_epochs=2, log_dir=tmp_path, quiet=True)
+    train(model, loader, num_epochs=1, log_dir=tmp_path, quiet=True, first_step=8, first_epoch=2)
+    scalars = read_scalars(tmp_path)
+    assert scalars["loss/train_step"][0] == list(range(12))
+    assert scalars["accuracy/train"][0] == [1, 2, 3]
+    with pytest.raises(ValueError, match=r"first_step must be an integer >= 0, got -1"):
+        train(model, loader, num_epochs=1, first_step=-1)
+    with pytest.raises(TypeError, match=r"first_epoch must be an integer >= 0, got 1.5"):
+        train(model, loader, num_epochs=1, first_epoch=1.5)
+
+
 def test_train_max_steps_stops_mid_epoch():
     set_seed(0)
     steps = []
