@@ -13,7 +13,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted(p for p in (ROOT / "chapters").rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-REPOSITORY = yaml.safe_load((ROOT / "_config.yml").read_text())["repository"]["url"]
+CONFIG = yaml.safe_load((ROOT / "_config.yml").read_text())
+REPOSITORY = CONFIG["repository"]["url"]
 
 
 def first_code_cell(path):
@@ -43,8 +44,7 @@ def test_every_chapter_starts_with_the_same_setup_cell(path):
 def test_the_repository_is_named_once():
     assert f'BOOK = "{REPOSITORY}"' in SETUP
     assert REPOSITORY in (ROOT / "README.md").read_text()
-    config = yaml.safe_load((ROOT / "_config.yml").read_text())
-    assert "binderhub_url" not in config["launch_buttons"], "Binder gets no CPU-only environment"
+    assert "binderhub_url" not in CONFIG["launch_buttons"], "Binder gets no CPU-only environment"
 
 
 def test_setup_is_a_no_op_where_helpers_imports():
