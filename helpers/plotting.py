@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 #: Colours the chapters use for the same roles everywhere (colour-blind-safe, Okabe-Ito).
 COLORS = {"fp32": "#0072B2", "optimized": "#D55E00", "teacher": "#009E73", "student": "#CC79A7",
@@ -125,6 +126,8 @@ def plot_runs(runs: dict[str, str | os.PathLike], tags=("loss/train", "accuracy/
                     marker=None if "step" in tag else "o", markersize=3, label=label)
         kind, _, split = tag.partition("/")
         ax.set(xlabel="optimizer step" if "step" in split else "epoch", ylabel=f"{kind} ({split.replace('_', ' ')})")
+        # steps and epochs are whole numbers: no 1.5 on a three-epoch axis
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)

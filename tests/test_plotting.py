@@ -51,6 +51,10 @@ def test_plot_runs_compares_runs_tag_by_tag(tmp_path):
     assert [line.get_label() for line in val_ax.lines[:2]] == ["run a", "run b"]
     assert list(val_ax.lines[0].get_xdata()) == [1, 2] and len(steps_ax.lines) == 2
     assert steps_ax.get_xlabel() == "optimizer step" and val_ax.get_xlabel() == "epoch"
+    # two epochs: the ticks are whole epochs, not 1.25, 1.5, ...
+    fig.canvas.draw()
+    ticks = [t for t in val_ax.get_xticks() if val_ax.get_xlim()[0] <= t <= val_ax.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
     with pytest.raises(KeyError, match=r"run 'run a' has no \['loss/val_step'\]"):
         plot_runs({"run a": tmp_path / "a"}, tags=("loss/val_step",))
     with pytest.raises(ValueError, match="runs must name at least one log directory"):
