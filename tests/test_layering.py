@@ -32,11 +32,11 @@ PACKAGE = "helpers"
 #: Must equal the table in CONTRIBUTING.md (test_contributing_states_the_same_layers).
 LAYERS = {
     0: {"_checks", "noise"},
-    1: {"notebook", "evidence", "plotting", "data", "models"},
+    1: {"notebook", "evidence", "plotting", "data", "docstrings", "models"},
     2: {"training"},
     3: {"measure", "runtimes"},
     4: {"quantization", "pruning", "distillation", "transfer", "embeddings", "distributed"},
-    5: {"federated", "budget", "sparse"},
+    5: {"federated", "budget", "sparse", "lm_compression"},
     6: {"__init__"},  # the re-export surface: may import every module, no module may import it
 }
 #: the one module allowed to filter warnings and log records
