@@ -496,8 +496,11 @@ def test_awq_is_never_worse_than_rtn_and_picks_the_best_alpha():
         awq_quantize(w, [], 4, 16)
 
 
+# transformers 5.24 warns when peft 0.21 asks the wrapped model about gradient checkpointing, a
+# deprecated name inside the two libraries, not in this test
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_peft_lora_on_the_real_bert_trains_under_two_percent(sentence_model):
-    peft = pytest.importorskip("peft")
+    import peft  # pinned in requirements.txt: a missing install fails here
     bert = sentence_model[0].auto_model
     lora = peft.get_peft_model(copy.deepcopy(bert), peft.LoraConfig(r=8, lora_alpha=16,
                                                                        target_modules=["query", "value"]))
