@@ -23,8 +23,11 @@ What one page must pass (``check_page``):
   about 690 px; ``_static/custom.css`` does the styling side):
 
   * the page never scrolls sideways, and no element sticks out of the article column;
-  * prose, tables, figures, display equations (break a long one with ``\\begin{aligned}``) and
-    source code (the CSS wraps its long lines) fit the column: none needs a horizontal scrollbar;
+  * prose, tables, figures and display equations (break a long one with ``\\begin{aligned}``) fit
+    the column: none needs a horizontal scrollbar;
+  * source code is never wrapped (a continuation at column 0 would read as Python's indentation): a
+    code box whose lines are at most ``CODE_COLUMNS`` characters (the chapters' ruff line length)
+    must fit the column; one with a longer line (the source's code quoted as printed) may scroll;
   * a printed cell output fits the column as printed (measured at its natural width, 13 px
     monospace: about 84 characters). Fix a wider one in the notebook by printing narrower. When its
     lines read left to right (prose, a dict or module repr, a warning text, one measurement per line,
@@ -91,6 +94,8 @@ LOCAL_HOSTS = {"127.0.0.1"}
 # A figure shown at less than this fraction of its pixel width has its labels shrunk below ~8px:
 # matplotlib's 10-point text is 14 px at the notebook's 100 dpi.
 MIN_IMAGE_SCALE = 0.6
+# The chapters' code line length (chapters/ruff.toml): code of this width fits the article column.
+CODE_COLUMNS = 88
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +238,7 @@ class LinkChecker:
 RAW_TEX = re.compile(r"\$\$|\\begin\{|\\end\{|\\\(|\\\)|\\\[|\\\]|\$[^$\n]*\\[A-Za-z]+[^$\n]*\$")
 
 _PAGE_FACTS_JS = r"""
-async ({waitMs, phone}) => {
+async ({waitMs, phone, codeColumns}) => {
   // Waits are bounded: a promise that never settles is reported, not waited on forever.
   const timeout = () => new Promise(done => setTimeout(() => done("timeout"), waitMs));
   // Let MathJax finish: it loads deferred and typesets after the page is ready.
@@ -288,6 +293,7 @@ async ({waitMs, phone}) => {
   const judged = new Set();
   let scrollingTracebacks = 0;
   let scrollingBoxes = 0;
+  let scrollingCode = 0;  // code boxes with a line longer than codeColumns, which may scroll
   const cutOff = new Set();  // boxes already reported for hiding part of their content
   if (phone && (box.left < -1 || box.right > root.clientWidth + 1))
     tooWide.push(`${describe(article).split(" ")[0]}: the article column (${Math.round(box.left)}..` +
@@ -333,6 +339,15 @@ async ({waitMs, phone}) => {
     const style = getComputedStyle(el);
     const scrolls = ["auto", "scroll"].includes(style.overflowX);
     if (scrolls && el.scrollWidth > el.clientWidth + 1) {
+      if (!phone && el.matches("div.highlight pre") && !el.closest(".cell_output")) {
+        const longest = Math.max(...el.textContent.split("\n").map(line => line.length));
+        if (longest <= codeColumns)
+          tooWide.push(`${describe(el)}: code of at most ${codeColumns} characters a line needs ` +
+            `a horizontal scrollbar (content ${el.scrollWidth}px in ${el.clientWidth}px)`);
+        else
+          scrollingCode += 1;
+        continue;
+      }
       if (!phone) {
         tooWide.push(`${describe(el)} needs a horizontal scrollbar ` +
           `(content ${el.scrollWidth}px in ${el.clientWidth}px)`);
@@ -381,6 +396,7 @@ async ({waitMs, phone}) => {
     tooWide,
     scrollingTracebacks,
     scrollingBoxes,
+    scrollingCode,
     images: images.map(img => ({
       src: img.getAttribute("src") || "", url: img.currentSrc || img.src,
       alt: img.getAttribute("alt"), complete: img.complete, naturalWidth: img.naturalWidth,
@@ -467,7 +483,8 @@ def check_page(context, url: str, links: LinkChecker, screenshot: Path | None = 
         response = page.goto(url, wait_until="load")
         if response is None or response.status != 200:
             problems.append(f"page itself: HTTP {response.status if response else 'no response'}")
-        facts = page.evaluate(_PAGE_FACTS_JS, {"waitMs": TIMEOUT_MS // 2, "phone": phone})
+        facts = page.evaluate(_PAGE_FACTS_JS, {"waitMs": TIMEOUT_MS // 2, "phone": phone,
+                                                "codeColumns": CODE_COLUMNS})
         if page.url.split("#")[0] != url.split("#")[0]:
             problems.append(f"page navigated away to {page.url}: the checks ran on that page instead")
         if screenshot is not None:

@@ -61,6 +61,7 @@ HEALTHY = HEAD.format(title="Healthy", scripts=MATHJAX, repo=REPO, binder_path="
 <img src="retina.png" style="width: 600px; height: 20px;" alt="A high-density test figure shown at half its pixels">
 <p><a href="other.html#section">a link to a section</a> and <a href="#top">back to the top</a>.</p>
 <pre>short code line</pre>
+<div class="highlight"><pre>""" + "quoted_as_printed = 1  # " + "y" * 100 + """</pre></div>
 """ + _cell("", "stream", "a printed line that fits") \
     + _cell("wrap-output", "stream", LONG_LINE) \
     + _cell("raises-exception", "traceback", "Traceback " + "-" * 300) + """
@@ -79,6 +80,7 @@ BROKEN = HEAD.format(title="Broken", scripts="", repo=REPO, binder_path="chapter
 <p><a href="nowhere.html">a dead link</a>, <a href="other.html#no-such-section">a dead anchor</a></p>
 <div style="width: 1500px">a block wider than the article</div>
 <pre style="overflow-x: auto">""" + "x" * 400 + """</pre>
+<div class="highlight" style="width: 300px"><pre>""" + "short = 1  # " + "z" * 70 + """</pre></div>
 <div style="overflow: hidden; width: 300px"><span style="display: inline-block; width: 500px">cut</span></div>
 """ + _cell("", "stream", "untagged " + LONG_LINE) \
     + _cell("wrap-output", "stream", "a tagged line that fits") \
@@ -175,6 +177,8 @@ def test_healthy_page_passes(fixture_site, browser_context):
     assert report.facts["mathCount"] == 2 and report.facts["mjxCount"] == 2
     # the traceback of a must-raise cell scrolls in its box, and that alone is allowed
     assert report.facts["scrollingTracebacks"] == 1
+    # and code with a line longer than CODE_COLUMNS (the source's code, quoted as printed)
+    assert report.facts["scrollingCode"] == 1
     assert shot.is_file() and shot.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -200,6 +204,8 @@ def test_broken_page_fails_every_check(fixture_site, browser_context):
         "figure shrunk": "image wide.png is shrunk to 50% of its 1400px width to fit",
         "figure distorted": "image square.png is distorted: shown 40x60, drawn 40x30",
         "scrollbar": "needs a horizontal scrollbar",
+        "short code scrolls": 'pre "short = 1 # zzz',
+        "short code message": "code of at most 88 characters a line needs a horizontal scrollbar",
         "wide output": '"untagged accuracy 96.1%, accuracy 96.1%, accuracy 96.1%, acc": printed output is ',
         "needless tag": '"a tagged line that fits": the cell is tagged wrap-output but its outputs fit',
         "traceback outside a must-raise cell": 'pre "untagged Traceback -------',
