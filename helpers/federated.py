@@ -1,6 +1,6 @@
 """Federated averaging (FedAvg) simulated on one machine, with compressed client updates.
 
-chapters/07_trends.ipynb uses it. McMahan et al. (2017): in every round the server sends the
+chapters/07_federated.ipynb uses it. McMahan et al. (2017): in every round the server sends the
 global weights ``w_t`` to a fraction ``C`` of the ``K`` clients; client ``k`` trains them for ``E``
 local epochs of minibatch SGD on its own ``n_k`` examples, giving ``w_{t+1}^k``, and the server
 averages (equation ``fl-fedavg`` of the chapter)::
