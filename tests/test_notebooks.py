@@ -112,6 +112,10 @@ def test_notebook_follows_the_house_layout(path):
         assert heading in markdown, (f"missing section {heading!r} (the book's style rule: every "
                                      "chapter has What you will learn, Prerequisites, Summary, Exercises)")
     assert not re.search(r"\bpip\b", code), "never install from inside a chapter, outside the set-up cell"
+    # the prose speaks to a reader: a checked claim is marked "(checked)" (chapters/index.md says how),
+    # not in the test harness's words
+    harness = re.search(r"[^.\n]*\b(assert(s|ed)?|nbval)\b[^.\n]*", markdown, re.IGNORECASE)
+    assert not harness, f"prose in the test harness's words: {harness[0].strip()!r}; say (checked)"
     assert "import *" not in code
     assert "filterwarnings(\"ignore\")" not in code and "filterwarnings('ignore')" not in code
 
