@@ -10,6 +10,7 @@ message, including a new warning after an upgrade, still reaches the reader and 
 - :func:`transformers_import_notices_dropped`: the notices ``import transformers`` logs once;
 - :func:`taught_torch_ao_warnings`: the deprecation notices of ``torch.ao.quantization`` that the
   quantization practice chapter shows once and explains;
+- :func:`peft_notices_dropped`: a deprecation notice between PEFT and transformers;
 - :func:`inductor_int8_notices_dropped`: a style notice Inductor's int8 lowering raises while compiling;
 - :func:`known_runtime_logs_dropped`: the lines ExecuTorch's XNNPACK backend prints on x86;
 - :func:`int8_kernels`: not a filter but the one switch around int8 kernels (see its docstring).
@@ -85,6 +86,20 @@ def transformers_import_notices_dropped():
             yield
     finally:
         pytree_logger.removeFilter(notices)
+
+
+#: The deprecation notice transformers (5.x) gives when PEFT (0.21) asks the wrapped model whether
+#: gradient checkpointing is on: a renamed attribute inside the two libraries, addressed to PEFT's
+#: developers; the book never turns gradient checkpointing on.
+PEFT_NOTICE = "`is_gradient_checkpointing` is deprecated"
+
+
+@contextlib.contextmanager
+def peft_notices_dropped():
+    """Inside the block (a PEFT call), drop the ``FutureWarning`` :data:`PEFT_NOTICE` only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=re.escape(PEFT_NOTICE), category=FutureWarning)
+        yield
 
 
 #: Warnings of the pinned torch (2.14) that the book *teaches* instead of printing at every call

@@ -36,7 +36,7 @@ LAYERS = {
     2: {"training"},
     3: {"measure", "runtimes"},
     4: {"quantization", "pruning", "distillation", "transfer", "embeddings", "distributed"},
-    5: {"federated", "budget", "sparse", "lm_compression"},
+    5: {"federated", "budget", "sparse", "lm_compression", "lm_adaptation"},
     6: {"__init__"},  # the re-export surface: may import every module, no module may import it
 }
 #: the one module allowed to filter warnings and log records

@@ -11,11 +11,13 @@ import helpers  # noqa: F401 - installs the filters
 from helpers.noise import (
     INDUCTOR_INT8_NOTICE,
     KNOWN_NOISE,
+    PEFT_NOTICE,
     TORCH_AO_WARNINGS,
     inductor_int8_notices_dropped,
     install,
     int8_kernels,
     known_runtime_logs_dropped,
+    peft_notices_dropped,
     taught_torch_ao_warnings,
 )
 
@@ -46,6 +48,17 @@ def test_taught_torch_ao_warnings_drop_exactly_those():
                 warnings.warn(pattern.replace("\\", ""), category)
             warnings.warn("torch.ao.quantization is fine", UserWarning)
     assert [str(w.message) for w in caught] == ["torch.ao.quantization is fine"]
+
+
+def test_peft_notice_dropped_only_inside_the_block_and_only_as_futurewarning():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with peft_notices_dropped():
+            warnings.warn(PEFT_NOTICE + " and will be removed", FutureWarning)
+            warnings.warn(PEFT_NOTICE, UserWarning)
+        warnings.warn(PEFT_NOTICE, FutureWarning)
+    assert [(w.category, str(w.message)) for w in caught] == [(UserWarning, PEFT_NOTICE),
+                                                              (FutureWarning, PEFT_NOTICE)]
 
 
 def test_inductor_notice_dropped_only_inside_the_block():
