@@ -1,6 +1,6 @@
 """Distilling and adapting a pretrained sentence encoder: the training methods chapters/09_transformer.ipynb leaves out.
 
-No chapter uses it yet: a page that distills and fine-tunes the encoder is planned after 09_transformer.
+Used by chapters/10_transformer_adapt.ipynb.
 
 Written for all-MiniLM-L6-v2 (:mod:`helpers.embeddings`), a ``SentenceTransformer`` whose first
 module wraps a ``BertModel``; the training steps here keep the graph (``model.encode`` does not).
@@ -15,6 +15,7 @@ module wraps a ``BertModel``; the training steps here keep the graph (``model.en
   QLoRA idea (Dettmers et al. 2023) at the precision a CPU has; tests/test_lm_adaptation.py checks
   it against PEFT's LoRA to float precision;
 - :func:`peft_lora`: the same adapters with PEFT, the maintained library;
+- :func:`length_batches`: batches of texts of similar token length, so little of a batch is padding;
 - :func:`train_steps`: AdamW over the trainable parameters, one batch after another;
 - :func:`training_state_bytes`: what training holds besides activations (weights, gradients, Adam).
 """
@@ -86,18 +87,22 @@ def embedding_distillation_loss(student: torch.Tensor, teacher: torch.Tensor) ->
     return (1 - F.cosine_similarity(student, teacher.detach(), dim=1)).mean()
 
 
-def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+def contrastive_loss(queries: torch.Tensor, documents: torch.Tensor, scale: float = 20.0,
+                     reduction: str = "mean") -> torch.Tensor:
     """Eq. (ad-nce): cross-entropy of each query against every document of the batch.
 
     Row ``i`` of ``documents`` is query ``i``'s own document and every other row is a negative;
     the logits are ``scale`` times the cosine similarities (20, sentence-transformers' default).
+    ``reduction="none"`` returns one loss per query (to pair two encoders query by query).
     """
     _check_pair("queries", queries, "documents", documents)
     if len(queries) < 2:
         raise ValueError("queries must hold at least 2 pairs: the other documents are the negatives")
     scale = check_number("scale", scale, 0, low_open=True)
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     logits = scale * F.normalize(queries, dim=1) @ F.normalize(documents, dim=1).T
-    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
+    return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device), reduction=reduction)
 
 
 class Int8Linear(nn.Module):
@@ -221,6 +226,31 @@ def batches(n: int, batch_size: int, epochs: int = 1, seed: int = 0) -> list[tor
     for _ in range(epochs):
         order = torch.randperm(n, generator=generator)
         out += list(order[: n - n % batch_size].split(batch_size))
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, epochs: int = 1, seed: int = 0) -> list[torch.Tensor]:
+    """Index batches of items of similar ``lengths``, in a shuffled order, ``epochs`` times.
+
+    Each epoch shuffles the items, leaves out ``len(lengths) % batch_size`` of them (the first
+    ones of the shuffle, so a different few each epoch), sorts the rest by length (a stable sort:
+    equal lengths stay shuffled), cuts them into batches of ``batch_size`` and shuffles the order
+    of the batches. A batch is padded to its longest text, so batching
+    texts of similar length spends little of each step on padding.
+    """
+    lengths = list(lengths)
+    for length in lengths:
+        check_int("lengths", length, minimum=1)
+    batch_size, epochs = check_int("batch_size", batch_size, minimum=1), check_int("epochs", epochs, minimum=1)
+    if not 1 <= batch_size <= len(lengths):
+        raise ValueError(f"batch_size must be in [1, {len(lengths)}] (the number of lengths), got {batch_size}")
+    generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
+    out = []
+    for _ in range(epochs):
+        shuffled = torch.randperm(len(lengths), generator=generator).tolist()
+        order = sorted(shuffled[len(lengths) % batch_size:], key=lengths.__getitem__)
+        cut = torch.tensor(order).split(batch_size)
+        out += [cut[i] for i in torch.randperm(len(cut), generator=generator).tolist()]
     return out
 
 

@@ -14,6 +14,7 @@ from helpers.lm_adaptation import (
     contrastive_loss,
     embed,
     embedding_distillation_loss,
+    length_batches,
     peft_lora,
     shallow_student,
     train_steps,
@@ -89,6 +90,12 @@ def test_contrastive_loss_against_the_formula():
     cos = [[float(q[i] @ d[j]) / (q[i].norm().item() * d[j].norm().item()) for j in range(4)] for i in range(4)]
     expected = sum(-scale * cos[i][i] + math.log(sum(math.exp(scale * c) for c in cos[i])) for i in range(4)) / 4
     assert contrastive_loss(q, d, scale).item() == pytest.approx(expected, rel=1e-9)
+    per_query = contrastive_loss(q, d, scale, reduction="none")
+    for i in range(4):
+        own = -scale * cos[i][i] + math.log(sum(math.exp(scale * c) for c in cos[i]))
+        assert per_query[i].item() == pytest.approx(own, rel=1e-9)
+    with pytest.raises(ValueError, match="reduction must be 'mean' or 'none', got 'sum'"):
+        contrastive_loss(q, d, reduction="sum")
     # a batch whose own documents are the nearest by far has a loss near zero
     assert contrastive_loss(torch.eye(4), torch.eye(4)).item() < 1e-6
     with pytest.raises(ValueError, match="at least 2 pairs"):
@@ -190,6 +197,28 @@ def test_training_state_bytes_counts_weights_gradients_and_moments():
     # buffers: running mean and variance (fp32, 5 each), batches tracked (one int64)
     assert training_state_bytes(model) == {"weights": 4 * params + 4 * 10 + 8,
                                            "gradients": 4 * trainable, "Adam moments": 8 * trainable}
+
+
+def test_length_batches_group_similar_lengths():
+    lengths = [5, 1, 9, 3, 7, 2, 8, 4, 6, 10, 3]
+    out = length_batches(lengths, 3, epochs=2, seed=1)
+    assert len(out) == 2 * (len(lengths) // 3)
+    for epoch in (out[:3], out[3:]):
+        items = torch.cat(epoch).tolist()
+        assert len(set(items)) == 9  # each epoch: distinct items, the 2 left over dropped
+        # the batches are consecutive runs of the length-sorted order: no two overlap in length
+        spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in epoch)
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+    assert all(torch.equal(a, b) for a, b in zip(out, length_batches(lengths, 3, epochs=2, seed=1)))
+    orders = {tuple(tuple(b.tolist()) for b in length_batches(lengths, 3, seed=s)) for s in range(8)}
+    assert len(orders) > 1  # the seed shuffles
+    left_out = {frozenset(range(11)) - {i for b in length_batches(lengths, 3, seed=s) for i in b.tolist()}
+                for s in range(8)}
+    assert len(left_out) > 1 and all(len(x) == 2 for x in left_out)  # not always the longest two
+    with pytest.raises(ValueError, match=r"batch_size must be in \[1, 11\]"):
+        length_batches(lengths, 12)
+    with pytest.raises(ValueError, match="lengths"):
+        length_batches([3, 0, 2], 1)
 
 
 def test_batches_partition_each_epoch():
