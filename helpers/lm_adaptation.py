@@ -255,11 +255,14 @@ def length_batches(lengths: Sequence[int], batch_size: int, epochs: int = 1, see
 
 
 def train_steps(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor],
-                index_batches: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.01) -> list[float]:
+                index_batches: Iterable[torch.Tensor], lr: float, weight_decay: float = 0.01,
+                dropout: bool = True) -> list[float]:
     """One AdamW step per batch on ``loss_of(batch)`` over ``model``'s trainable parameters.
 
-    ``model`` is in train mode during the steps (dropout on) and in eval mode after. Returns the
-    losses. ``ValueError`` if nothing in ``model`` is trainable or there are no batches.
+    ``model`` is in train mode during the steps (dropout on) and in eval mode after; with
+    ``dropout=False`` it stays in eval mode throughout (on a CPU a forward pass with dropout costs
+    much more than one without, and a short run gains little from its regularization). Returns
+    the losses. ``ValueError`` if nothing in ``model`` is trainable or there are no batches.
     """
     lr = check_number("lr", lr, 0, low_open=True)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -267,7 +270,9 @@ def train_steps(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor
         raise ValueError("model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     losses = []
-    model.train()
+    if not isinstance(dropout, bool):
+        raise TypeError(f"dropout must be True or False, got {dropout!r}")
+    model.train(dropout)
     try:
         for batch in index_batches:
             loss = loss_of(batch)

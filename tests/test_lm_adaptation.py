@@ -250,6 +250,11 @@ def test_train_steps_lowers_the_loss_of_the_trainable_part_only():
     assert len(losses) == 80 and sum(losses[-8:]) < 0.8 * sum(losses[:8])
     assert all(seen_training) and not model.training
     assert torch.equal(model[0].weight, frozen)
+    seen_training.clear()
+    train_steps(model, loss_of, batches(64, 16), lr=1e-2, dropout=False)
+    assert seen_training == [False] * 4 and not model.training
+    with pytest.raises(TypeError, match="dropout must be True or False, got 0"):
+        train_steps(model, loss_of, batches(64, 16), lr=1e-2, dropout=0)
     with pytest.raises(ValueError, match="index_batches must hold at least one batch"):
         train_steps(model, loss_of, [], lr=1e-2)
     with pytest.raises(ValueError, match="model has no trainable parameters"):
