@@ -1,6 +1,6 @@
 """Distilling and adapting a pretrained sentence encoder: the training methods chapters/09_transformer.ipynb leaves out.
 
-Used by chapters/10_transformer_adapt.ipynb.
+No chapter uses it yet: a page that distills and fine-tunes the encoder (chapter 10) is planned after 09_transformer.
 
 Written for all-MiniLM-L6-v2 (:mod:`helpers.embeddings`), a ``SentenceTransformer`` whose first
 module wraps a ``BertModel``; the training steps here keep the graph (``model.encode`` does not).
