@@ -1,6 +1,6 @@
 """Distilling and adapting a pretrained sentence encoder: the training methods chapters/09_transformer.ipynb leaves out.
 
-No chapter uses it yet: a page that distills and fine-tunes the encoder (chapter 10) is planned after 09_transformer.
+Used by chapters/10_transformer_adapt.ipynb.
 
 Written for all-MiniLM-L6-v2 (:mod:`helpers.embeddings`), a ``SentenceTransformer`` whose first
 module wraps a ``BertModel``; the training steps here keep the graph (``model.encode`` does not).
@@ -235,14 +235,14 @@ def length_batches(lengths: Sequence[int], batch_size: int, epochs: int = 1, see
     Each epoch shuffles the items, leaves out ``len(lengths) % batch_size`` of them (the first
     ones of the shuffle, so a different few each epoch), sorts the rest by length (a stable sort:
     equal lengths stay shuffled), cuts them into batches of ``batch_size`` and shuffles the order
-    of the batches. A batch is padded to its longest text, so batching
-    texts of similar length spends little of each step on padding.
+    of the batches. A batch is padded to its longest text, so batching texts of similar length
+    spends little of each step on padding.
     """
     lengths = list(lengths)
     for length in lengths:
         check_int("lengths", length, minimum=1)
     batch_size, epochs = check_int("batch_size", batch_size, minimum=1), check_int("epochs", epochs, minimum=1)
-    if not 1 <= batch_size <= len(lengths):
+    if batch_size > len(lengths):
         raise ValueError(f"batch_size must be in [1, {len(lengths)}] (the number of lengths), got {batch_size}")
     generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
     out = []
@@ -265,13 +265,13 @@ def train_steps(model: nn.Module, loss_of: Callable[[torch.Tensor], torch.Tensor
     the losses. ``ValueError`` if nothing in ``model`` is trainable or there are no batches.
     """
     lr = check_number("lr", lr, 0, low_open=True)
+    if not isinstance(dropout, bool):
+        raise TypeError(f"dropout must be True or False, got {dropout!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     losses = []
-    if not isinstance(dropout, bool):
-        raise TypeError(f"dropout must be True or False, got {dropout!r}")
     model.train(dropout)
     try:
         for batch in index_batches:

@@ -88,12 +88,9 @@ def test_contrastive_loss_against_the_formula():
     q, d = torch.randn(4, 6).double(), torch.randn(4, 6).double()
     scale = 20.0
     cos = [[float(q[i] @ d[j]) / (q[i].norm().item() * d[j].norm().item()) for j in range(4)] for i in range(4)]
-    expected = sum(-scale * cos[i][i] + math.log(sum(math.exp(scale * c) for c in cos[i])) for i in range(4)) / 4
-    assert contrastive_loss(q, d, scale).item() == pytest.approx(expected, rel=1e-9)
-    per_query = contrastive_loss(q, d, scale, reduction="none")
-    for i in range(4):
-        own = -scale * cos[i][i] + math.log(sum(math.exp(scale * c) for c in cos[i]))
-        assert per_query[i].item() == pytest.approx(own, rel=1e-9)
+    expected = [-scale * cos[i][i] + math.log(sum(math.exp(scale * c) for c in cos[i])) for i in range(4)]
+    assert contrastive_loss(q, d, scale).item() == pytest.approx(sum(expected) / 4, rel=1e-9)
+    assert contrastive_loss(q, d, scale, reduction="none").tolist() == pytest.approx(expected, rel=1e-9)
     with pytest.raises(ValueError, match="reduction must be 'mean' or 'none', got 'sum'"):
         contrastive_loss(q, d, reduction="sum")
     # a batch whose own documents are the nearest by far has a loss near zero
@@ -255,6 +252,8 @@ def test_train_steps_lowers_the_loss_of_the_trainable_part_only():
     assert seen_training == [False] * 4 and not model.training
     with pytest.raises(TypeError, match="dropout must be True or False, got 0"):
         train_steps(model, loss_of, batches(64, 16), lr=1e-2, dropout=0)
+    with pytest.raises(TypeError, match="dropout must be True or False"):  # checked before anything runs
+        train_steps(nn.Linear(2, 2).requires_grad_(False), loss_of, [], lr=1e-2, dropout="no")
     with pytest.raises(ValueError, match="index_batches must hold at least one batch"):
         train_steps(model, loss_of, [], lr=1e-2)
     with pytest.raises(ValueError, match="model has no trainable parameters"):
