@@ -217,10 +217,9 @@ def training_state_bytes(model: nn.Module) -> dict[str, int]:
 
 def batches(n: int, batch_size: int, epochs: int = 1, seed: int = 0) -> list[torch.Tensor]:
     """Shuffled index batches over ``range(n)``, ``epochs`` times, the last short batch of each epoch dropped."""
-    n, batch_size = check_int("n", n, minimum=1), check_int("batch_size", batch_size, minimum=1)
+    n = check_int("n", n, minimum=1)
+    batch_size = check_int("batch_size", batch_size, minimum=1, maximum=n)
     epochs = check_int("epochs", epochs, minimum=1)
-    if batch_size > n:
-        raise ValueError(f"batch_size must be at most n={n}, got {batch_size}")
     generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
     out = []
     for _ in range(epochs):
@@ -241,9 +240,10 @@ def length_batches(lengths: Sequence[int], batch_size: int, epochs: int = 1, see
     lengths = list(lengths)
     for length in lengths:
         check_int("lengths", length, minimum=1)
-    batch_size, epochs = check_int("batch_size", batch_size, minimum=1), check_int("epochs", epochs, minimum=1)
-    if batch_size > len(lengths):
-        raise ValueError(f"batch_size must be in [1, {len(lengths)}] (the number of lengths), got {batch_size}")
+    if not lengths:
+        raise ValueError("lengths must not be empty")
+    batch_size = check_int("batch_size", batch_size, minimum=1, maximum=len(lengths))
+    epochs = check_int("epochs", epochs, minimum=1)
     generator = torch.Generator().manual_seed(check_int("seed", seed, minimum=0))
     out = []
     for _ in range(epochs):

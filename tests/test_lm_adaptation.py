@@ -212,8 +212,10 @@ def test_length_batches_group_similar_lengths():
     left_out = {frozenset(range(11)) - {i for b in length_batches(lengths, 3, seed=s) for i in b.tolist()}
                 for s in range(8)}
     assert len(left_out) > 1 and all(len(x) == 2 for x in left_out)  # not always the longest two
-    with pytest.raises(ValueError, match=r"batch_size must be in \[1, 11\]"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 11\], got 12"):
         length_batches(lengths, 12)
+    with pytest.raises(ValueError, match="lengths must not be empty"):
+        length_batches([], 1)
     with pytest.raises(ValueError, match="lengths"):
         length_batches([3, 0, 2], 1)
 
@@ -225,7 +227,7 @@ def test_batches_partition_each_epoch():
     assert len(set(first.tolist())) == 9 and len(set(second.tolist())) == 9
     assert all(torch.equal(a, b) for a, b in zip(out, batches(10, 3, epochs=2, seed=5)))
     assert not all(torch.equal(a, b) for a, b in zip(out, batches(10, 3, epochs=2, seed=6)))
-    with pytest.raises(ValueError, match="batch_size must be at most n=10, got 11"):
+    with pytest.raises(ValueError, match=r"batch_size must be an integer in \[1, 10\], got 11"):
         batches(10, 11)
     with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         batches(10, 2, epochs=0)
