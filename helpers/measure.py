@@ -262,6 +262,28 @@ def cpu_features() -> dict[str, bool]:
     return features
 
 
+def int8_matmul_without_vnni(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` (uint8 ``a`` of shape (m, k), int8 ``b`` of shape (k, n)) as an x86 CPU without VNNI
+    computes it in oneDNN's and ONNX Runtime's int8 kernels: ``vpmaddubsw`` multiplies neighbouring
+    pairs along k and adds each pair in a 16-bit register that saturates at [-32768, 32767]; the pair
+    sums are then added exactly in 32 bits. With VNNI (``vpdpbusd``) the result is exact,
+    ``a.int() @ b.int()``. Returns int32 (m, n); an odd k gets a zero pad.
+    """
+    for name, t, dtype in (("a", a, torch.uint8), ("b", b, torch.int8)):
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype:
+            raise TypeError(f"{name} must be a {dtype} tensor, got {getattr(t, 'dtype', type(t).__name__)}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be 2-D, got shape {tuple(t.shape)}")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"a's columns ({a.shape[1]}) must match b's rows ({b.shape[0]})")
+    a32, b32 = a.int(), b.int()
+    out = torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32)
+    for i in range(0, a.shape[1], 2):
+        pair = a32[:, i, None] * b32[i] + (a32[:, i + 1, None] * b32[i + 1] if i + 1 < a.shape[1] else 0)
+        out += pair.clamp(-32768, 32767)
+    return out
+
+
 def compare(models: dict[str, nn.Module], test_loader, example_input: torch.Tensor,
             repeats: int = 100):
     """One table, measured in one run: accuracy, parameters, non-zeros, size and latency per model.

@@ -15,6 +15,7 @@ from helpers.measure import (
     compile_for_inference,
     count_parameters,
     cpu_features,
+    int8_matmul_without_vnni,
     latencies,
     latency,
     machine_info,
@@ -133,6 +134,33 @@ def test_cpu_features_agree_with_the_kernel_flags():
     assert features["avx512_bf16"] == ("avx512_bf16" in flags)
     assert features["amx_bf16"] == ("amx_tile" in flags)
     assert features["avx512_vnni"] == ("avx512_vnni" in flags)
+
+
+def test_int8_matmul_without_vnni_saturates_each_pair_of_products():
+    # one pair 255 * 127 + 255 * 127 = 64,770 does not fit in 16 bits: it saturates to 32,767
+    a = torch.tensor([[255, 255, 3]], dtype=torch.uint8)
+    b = torch.tensor([[127], [127], [-5]], dtype=torch.int8)
+    assert int8_matmul_without_vnni(a, b).item() == 32767 - 15
+    assert (a.int() @ b.int()).item() == 64770 - 15
+    # an independent reference: the pairs summed one entry at a time, in Python integers
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(128, 256, (5, 9), generator=g, dtype=torch.uint8)
+    b = torch.randint(-128, 128, (9, 4), generator=g, dtype=torch.int8)
+    b[:, 0] = 127  # a column of large weights of one sign: its pairs overflow
+    expected = [[sum(max(-32768, min(32767, sum(int(a[i, k]) * int(b[k, j]) for k in range(p, min(p + 2, 9)))))
+                     for p in range(0, 9, 2)) for j in range(4)] for i in range(5)]
+    got = int8_matmul_without_vnni(a, b)
+    assert got.dtype == torch.int32 and got.tolist() == expected
+    assert not torch.equal(got, a.int() @ b.int())  # these full-range inputs do overflow
+    # 7-bit weights: 2 * 255 * 64 = 32,640 fits, so the result is exact
+    b7 = torch.randint(-64, 65, (9, 4), generator=g, dtype=torch.int8)
+    assert torch.equal(int8_matmul_without_vnni(a, b7), a.int() @ b7.int())
+    with pytest.raises(TypeError, match="a must be a torch.uint8 tensor, got torch.int8"):
+        int8_matmul_without_vnni(b, b)
+    with pytest.raises(ValueError, match=r"b must be 2-D, got shape \(9,\)"):
+        int8_matmul_without_vnni(a, b[:, 0])
+    with pytest.raises(ValueError, match=r"a's columns \(9\) must match b's rows \(4\)"):
+        int8_matmul_without_vnni(a, b[:4])
 
 
 def test_compare_builds_one_row_per_model():

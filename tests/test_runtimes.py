@@ -68,6 +68,14 @@ def test_onnx_runtime_round_trip_fp32_and_int8(tiny):
     runtime8 = OnnxRuntimeModel(onnx_quantize_static(program, [x]))
     assert runtime8(x).shape == (8, 10)
     assert (runtime8(x) - expected).abs().max() < 0.1 * expected.abs().max()
+    # 7-bit weight codes, so no pair of uint8 x int8 products overflows a 16-bit register
+    import onnx
+    from onnx import numpy_helper
+
+    codes = [numpy_helper.to_array(t) for t in onnx.load_from_string(runtime8.program).graph.initializer
+             if t.data_type == onnx.TensorProto.INT8 and t.dims and len(t.dims) > 1]
+    assert codes and all(-64 <= c.min() and c.max() <= 64 for c in codes)
+    assert max(int(abs(c).max()) for c in codes) >= 63  # the 7-bit range is used, not a smaller one
     with pytest.raises(ValueError, match="calibration_batches"):
         onnx_quantize_static(program, [])
 
