@@ -12,6 +12,7 @@ message, including a new warning after an upgrade, still reaches the reader and 
   quantization practice chapter shows once and explains;
 - :func:`peft_notices_dropped`: a deprecation notice between PEFT and transformers;
 - :func:`inductor_int8_notices_dropped`: a style notice Inductor's int8 lowering raises while compiling;
+- :func:`torchao_cache_notices_dropped`: a caching notice about a torchao 4-bit tensor, while compiling;
 - :func:`known_runtime_logs_dropped`: the lines ExecuTorch's XNNPACK backend prints on x86;
 - :func:`int8_kernels`: not a filter but the one switch around int8 kernels (see its docstring).
 """
@@ -137,6 +138,21 @@ def inductor_int8_notices_dropped():
     """Inside the block (a ``torch.compile`` call), drop :data:`INDUCTOR_INT8_NOTICE` only."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=INDUCTOR_INT8_NOTICE, category=UserWarning)
+        yield
+
+
+#: Compiling a model whose weights are torchao's ``Int4OpaqueTensor`` (torchao 0.18) makes AOT
+#: autograd's cache warn, once, that the tensor subclass has no stable hash: that cache then skips
+#: the graph and compiles it again in a new process. A notice to torchao's developers; the compiled
+#: model is the same.
+TORCHAO_CACHE_NOTICE = "Int4OpaqueTensor does not implement _stable_hash_for_caching"
+
+
+@contextlib.contextmanager
+def torchao_cache_notices_dropped():
+    """Inside the block (a ``torch.compile`` call), drop :data:`TORCHAO_CACHE_NOTICE` only."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=TORCHAO_CACHE_NOTICE, category=UserWarning)
         yield
 
 

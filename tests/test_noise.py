@@ -13,12 +13,14 @@ from helpers.noise import (
     KNOWN_NOISE,
     PEFT_NOTICE,
     TORCH_AO_WARNINGS,
+    TORCHAO_CACHE_NOTICE,
     inductor_int8_notices_dropped,
     install,
     int8_kernels,
     known_runtime_logs_dropped,
     peft_notices_dropped,
     taught_torch_ao_warnings,
+    torchao_cache_notices_dropped,
 )
 
 
@@ -69,6 +71,17 @@ def test_inductor_notice_dropped_only_inside_the_block():
             warnings.warn("another notice", UserWarning)
         warnings.warn(INDUCTOR_INT8_NOTICE + " again", UserWarning)
     assert [str(w.message) for w in caught] == ["another notice", INDUCTOR_INT8_NOTICE + " again"]
+
+
+def test_torchao_cache_notice_dropped_only_inside_the_block():
+    notice = TORCHAO_CACHE_NOTICE + ". For PT2-compatible tensor subclasses, ..."
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torchao_cache_notices_dropped():
+            warnings.warn(notice, UserWarning)
+            warnings.warn("another notice", UserWarning)
+        warnings.warn(notice, UserWarning)
+    assert [str(w.message) for w in caught] == ["another notice", notice]
 
 
 def test_int8_kernels_switches_determinism_off_and_restores_it():
