@@ -21,7 +21,7 @@ import torch._inductor.config as inductor_config
 from torch import nn
 
 from helpers._checks import check_int
-from helpers.noise import inductor_int8_notices_dropped, torchao_cache_notices_dropped
+from helpers.noise import compile_notices_dropped
 from helpers.training import evaluate
 
 
@@ -214,17 +214,15 @@ def compile_for_inference(model: nn.Module, *example_inputs: torch.Tensor, dynam
     dynamic one if another shape comes; ``False`` compiles one static graph per batch size, which a
     pt2e int8 graph timed at several batch sizes needs (a dynamic batch dimension trips an Inductor
     stride check in the int8 convolution lowering in torch 2.14). The model is put in eval mode
-    (a pt2e graph as it is). Inductor's int8 lowering raises one harmless style notice while
-    compiling, dropped here (:data:`helpers.noise.INDUCTOR_INT8_NOTICE`), and so is AOT autograd's
-    caching notice about torchao's 4-bit weights (:data:`helpers.noise.TORCHAO_CACHE_NOTICE`).
+    (a pt2e graph as it is). The harmless notices compiling raises for an int8 graph or torchao's
+    4-bit weights are dropped here (:data:`helpers.noise.COMPILE_NOTICES`).
     """
     if not example_inputs:
         raise ValueError("example_inputs: give at least one example input tensor")
     if isinstance(model, nn.Module) and not isinstance(model, torch.fx.GraphModule):
         model.eval()
     compiled = torch.compile(model, dynamic=dynamic)
-    with (inductor_int8_notices_dropped(), torchao_cache_notices_dropped(),
-          inductor_config.patch(freezing=True), torch.inference_mode()):
+    with compile_notices_dropped(), inductor_config.patch(freezing=True), torch.inference_mode():
         for example in example_inputs:
             compiled(example)
     return compiled

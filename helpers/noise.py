@@ -11,8 +11,8 @@ message, including a new warning after an upgrade, still reaches the reader and 
 - :func:`taught_torch_ao_warnings`: the deprecation notices of ``torch.ao.quantization`` that the
   quantization practice chapter shows once and explains;
 - :func:`peft_notices_dropped`: a deprecation notice between PEFT and transformers;
-- :func:`inductor_int8_notices_dropped`: a style notice Inductor's int8 lowering raises while compiling;
-- :func:`torchao_cache_notices_dropped`: a caching notice about a torchao 4-bit tensor, while compiling;
+- :func:`compile_notices_dropped`: the :data:`COMPILE_NOTICES` ``torch.compile`` raises while compiling
+  an int8 graph or torchao's 4-bit weights;
 - :func:`known_runtime_logs_dropped`: the lines ExecuTorch's XNNPACK backend prints on x86;
 - :func:`int8_kernels`: not a filter but the one switch around int8 kernels (see its docstring).
 """
@@ -127,32 +127,25 @@ def taught_torch_ao_warnings():
         yield
 
 
-#: Inductor's mkldnn lowering of a pt2e int8 graph copy-constructs a weight zero-point with
-#: ``torch.tensor(t)``, which PyTorch flags with this ``UserWarning``: an internal style notice,
-#: harmless for the result.
-INDUCTOR_INT8_NOTICE = "To copy construct from a tensor"
+#: Warnings ``torch.compile`` raises while compiling the book's models, harmless for the result:
+#: (message prefix, why). Dropped by :func:`compile_notices_dropped`, which
+#: :func:`helpers.measure.compile_for_inference` wraps around its compiling calls.
+COMPILE_NOTICES: tuple[tuple[str, str], ...] = (
+    ("To copy construct from a tensor",
+     "Inductor's mkldnn lowering of a pt2e int8 graph copy-constructs a weight zero-point with "
+     "torch.tensor(t), which PyTorch flags: an internal style notice"),
+    ("Int4OpaqueTensor does not implement _stable_hash_for_caching",
+     "AOT autograd's cache warns once that torchao 0.18's 4-bit weight tensor has no stable hash, "
+     "so the cache skips that graph; a notice to torchao's developers, the compiled model is the same"),
+)
 
 
 @contextlib.contextmanager
-def inductor_int8_notices_dropped():
-    """Inside the block (a ``torch.compile`` call), drop :data:`INDUCTOR_INT8_NOTICE` only."""
+def compile_notices_dropped():
+    """Inside the block (a ``torch.compile`` call), drop the ``UserWarning`` s of :data:`COMPILE_NOTICES` only."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=INDUCTOR_INT8_NOTICE, category=UserWarning)
-        yield
-
-
-#: Compiling a model whose weights are torchao's ``Int4OpaqueTensor`` (torchao 0.18) makes AOT
-#: autograd's cache warn, once, that the tensor subclass has no stable hash: that cache then skips
-#: the graph and compiles it again in a new process. A notice to torchao's developers; the compiled
-#: model is the same.
-TORCHAO_CACHE_NOTICE = "Int4OpaqueTensor does not implement _stable_hash_for_caching"
-
-
-@contextlib.contextmanager
-def torchao_cache_notices_dropped():
-    """Inside the block (a ``torch.compile`` call), drop :data:`TORCHAO_CACHE_NOTICE` only."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=TORCHAO_CACHE_NOTICE, category=UserWarning)
+        for message, _why in COMPILE_NOTICES:
+            warnings.filterwarnings("ignore", message=re.escape(message), category=UserWarning)
         yield
 
 
