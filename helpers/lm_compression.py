@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from helpers._checks import check_fraction, check_int, get_submodule
-from helpers.embeddings import search_top1
+from helpers.embeddings import named_linears, search_top1
 
 SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -187,15 +187,9 @@ def quantize_linear_weights(model: nn.Module, quantize, names=None) -> tuple[nn.
     of the quantized layers (:meth:`GroupQuantized.stored_bytes`, biases included in fp32).
     """
     model = copy.deepcopy(model)
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    if names is not None:
-        unknown = sorted(set(names) - set(linears))
-        if unknown:
-            raise ValueError(f"names {unknown} are not nn.Linear layers of the model; layers: {list(linears)}")
-        linears = {n: linears[n] for n in names}
     total = 0
     with torch.no_grad():
-        for name, layer in linears.items():
+        for name, layer in named_linears(model, names).items():
             result = quantize(name, layer)
             layer.weight.copy_(result.weight)
             total += result.stored_bytes(bias=layer.bias is not None)
@@ -413,8 +407,11 @@ def gptq_quantize(weight: torch.Tensor, inputs, bits: int = 4, group_size=128, s
     shrinking ``H_F`` are read from the rows of the upper Cholesky factor of ``H^-1`` (Sec. 3, step 3),
     after dampening ``H`` by ``damp`` times its mean diagonal. A group's scale and zero point are
     chosen from the group's weights as updated when its first column is reached (the authors' code).
-    No lazy batching (Sec. 3, step 2): it only changes speed, not the result. ``inputs``: the layer's
-    calibration inputs (a tensor or a list of tensors ``(..., in_features)``); ``damp`` in ``[0, 1]``.
+    Lazy batch updates (Sec. 3, step 2): within a block of columns (about 128, a whole number of
+    groups, so a group's weights are up to date when its parameters are chosen) the update is
+    applied column by column, to the columns after the block once per block with all its errors:
+    the same update in fewer passes over the weight. ``inputs``: the layer's calibration inputs (a
+    tensor or a list of tensors ``(..., in_features)``); ``damp`` in ``[0, 1]``.
     """
     weight = _check_weight(weight)
     damp = check_fraction("damp", damp, allow_one=True)
@@ -431,15 +428,20 @@ def gptq_quantize(weight: torch.Tensor, inputs, bits: int = 4, group_size=128, s
     codes = torch.zeros(out_features, in_features, dtype=torch.int32)
     dequantized = torch.zeros(out_features, in_features, dtype=torch.float64)
     scales, zero_points = [], []
-    for i in range(in_features):
-        if i % group_size == 0:
-            s, z = group_qparams(w[:, i:i + group_size].float(), bits, None, symmetric, scale_dtype)
-            scales.append(s)
-            zero_points.append(z)
-        code, q = quantize_groups(w[:, i:i + 1].float(), s, z, bits, symmetric)
-        codes[:, i], dequantized[:, i] = code[:, 0], q[:, 0].double()
-        error = (w[:, i] - dequantized[:, i]) / hinv[i, i]
-        w[:, i:] -= error[:, None] * hinv[i, i:][None, :]
+    errors = torch.zeros(out_features, in_features, dtype=torch.float64)
+    block = group_size * max(1, 128 // group_size)
+    for start in range(0, in_features, block):
+        end = min(start + block, in_features)
+        for i in range(start, end):
+            if i % group_size == 0:
+                s, z = group_qparams(w[:, i:i + group_size].float(), bits, None, symmetric, scale_dtype)
+                scales.append(s)
+                zero_points.append(z)
+            code, q = quantize_groups(w[:, i:i + 1].float(), s, z, bits, symmetric)
+            codes[:, i], dequantized[:, i] = code[:, 0], q[:, 0].double()
+            errors[:, i] = (w[:, i] - dequantized[:, i]) / hinv[i, i]
+            w[:, i:end] -= errors[:, i, None] * hinv[i, i:end][None, :]
+        w[:, end:] -= errors[:, start:end] @ hinv[start:end, end:]
     return GroupQuantized(dequantized.to(weight.dtype), codes, torch.cat(scales, 1), torch.cat(zero_points, 1),
                           bits, group_size, symmetric)
 
@@ -489,6 +491,7 @@ def awq_quantize(weight: torch.Tensor, inputs, bits: int = 4, group_size=128, sy
     grid = check_int("grid", grid, minimum=1)
     x = _calibration_rows(inputs, weight.shape[1])
     mean_abs = x.abs().mean(dim=0).clamp(min=1e-8)
+    gram = x.double().T @ x.double() / x.shape[0]  # output_error(W, W_hat, X) = sum((D @ gram) * D), D = W - W_hat
     best = None
     for step in range(grid):
         alpha = step / grid
@@ -496,7 +499,8 @@ def awq_quantize(weight: torch.Tensor, inputs, bits: int = 4, group_size=128, sy
         s = s / (s.max() * s.min()).sqrt()
         result = rtn_quantize(weight.detach().float() * s[None, :], bits, group_size, symmetric, scale_dtype)
         effective = result.weight / s[None, :]
-        error = output_error(weight, effective, x)
+        difference = weight.detach().double() - effective.double()
+        error = float(((difference @ gram) * difference).sum())
         if best is None or error < best[0]:
             best = (error, GroupQuantized(effective.to(weight.dtype), result.codes, result.scales, result.zero_points,
                                           result.bits, result.group_size, symmetric), s, alpha)

@@ -382,14 +382,18 @@ def reference_obs(w: torch.Tensor, x: torch.Tensor, bits: int, group_size: int, 
 
 
 @pytest.mark.parametrize("symmetric", [True, False])
-def test_gptq_matches_the_column_by_column_obs_update(symmetric):
-    w = weight(3, 8, seed=11)
-    x = correlated_inputs(64, 8, seed=12)
-    ours = gptq_quantize(w, x, bits=3, group_size=4, symmetric=symmetric, scale_dtype=torch.float32)
-    assert torch.allclose(ours.weight, reference_obs(w, x, 3, 4, symmetric, 0.01), rtol=0, atol=1e-5)
+@pytest.mark.parametrize("in_features, group_size", [(8, 4), (384, 32), (300, 60), (256, 256)])
+def test_gptq_matches_the_column_by_column_obs_update(symmetric, in_features, group_size):
+    # 384 / 32: blocks of 128 columns, four groups each; 300 / 60: blocks of 120 and a last one of
+    # 60; 256 / 256: one block. The reference has no blocks: the lazy updates change nothing.
+    w = weight(3, in_features, seed=11)
+    x = correlated_inputs(max(64, 2 * in_features), in_features, seed=12)
+    ours = gptq_quantize(w, x, bits=3, group_size=group_size, symmetric=symmetric, scale_dtype=torch.float32)
+    expected = reference_obs(w, x, 3, group_size, symmetric, 0.01)
+    assert torch.allclose(ours.weight, expected, rtol=0, atol=1e-5 * expected.abs().max().item())
     # codes, scales and zero points describe the returned weight
-    again = (ours.codes - ours.zero_points.repeat_interleave(4, 1)) * ours.scales.repeat_interleave(4, 1)
-    assert torch.allclose(again, ours.weight, rtol=0, atol=1e-6)
+    zeros, scales = (t.repeat_interleave(group_size, 1) for t in (ours.zero_points, ours.scales))
+    assert torch.allclose((ours.codes - zeros) * scales, ours.weight, rtol=0, atol=1e-6 * scales.max().item())
 
 
 @pytest.mark.parametrize("group_size", [16, None])
