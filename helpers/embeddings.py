@@ -10,10 +10,13 @@ silently fetching something.
 Fidelity of a compressed encoder is measured against the fp32 one on the same sentences: the
 cosine similarity of each pair of embeddings (:func:`cosine_fidelity`), and whether a semantic
 search (nearest document by cosine similarity, :func:`search_top1`) returns the same document.
+:func:`encode` embeds texts for measuring; :func:`named_linears` and :func:`replace_linears` find
+and swap the encoder's ``nn.Linear`` layers in a copy, which the Transformer chapters compress.
 """
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import socket
 from typing import Sequence
@@ -107,3 +110,51 @@ def search_top1(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"queries and documents must be 2-D with the same width, got "
                          f"{tuple(queries.shape)} and {tuple(documents.shape)}")
     return (F.normalize(queries.float(), dim=1) @ F.normalize(documents.float(), dim=1).T).argmax(dim=1)
+
+
+def encode(sentence_model, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    """Unit-length fp32 embeddings ``(len(texts), 384)`` of ``texts``, ``batch_size`` at a time, with no graph.
+
+    ``SentenceTransformer.encode`` (sorted by length, so little padding) under ``torch.inference_mode()``;
+    the embeddings of a bf16 model are returned in fp32, comparable with the fp32 model's.
+    """
+    if isinstance(texts, str) or len(texts) == 0:
+        raise ValueError("texts must be a non-empty list of strings")
+    with torch.inference_mode():
+        return sentence_model.encode(list(texts), batch_size=batch_size, convert_to_tensor=True,
+                                     show_progress_bar=False).float()
+
+
+def named_linears(model: nn.Module, names: Sequence[str] | None = None) -> dict[str, nn.Linear]:
+    """``{name: layer}`` of the ``nn.Linear`` layers of ``model`` (those in ``names``; default all), in model order.
+
+    ``ValueError`` naming any of ``names`` that is not an ``nn.Linear`` of the model.
+    """
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    unknown = sorted(set(names or ()) - set(linears))
+    if unknown:
+        raise ValueError(f"names {unknown} are not nn.Linear layers of the model; layers: {list(linears)}")
+    return linears if names is None else {n: linears[n] for n in names}
+
+
+def replace_linears(model: nn.Module, make, names: Sequence[str] | None = None) -> nn.Module:
+    """A deep copy of ``model`` with each of its :func:`named_linears` replaced by ``make(name, linear)``.
+
+    ``make`` receives the copy's layer and returns the module that takes its place (return the
+    layer itself, changed or not, to keep it); ``model`` is left as it was.
+    """
+    model = copy.deepcopy(model)
+    for name, layer in named_linears(model, names).items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent), child, make(name, layer))
+    return model
+
+
+def after_layernorm(name: str) -> bool:
+    """Whether the layer ``name`` of a BERT-style encoder takes a LayerNorm's output as its input.
+
+    True for attention's query, key and value and the first feed-forward layer
+    (``intermediate.dense``), the layers into whose LayerNorm SmoothQuant can fold its factors;
+    attention's output layer follows attention and the second feed-forward layer the GELU.
+    """
+    return name.endswith(("query", "key", "value", "intermediate.dense"))

@@ -1,16 +1,22 @@
 """helpers.embeddings on the real packaged all-MiniLM-L6-v2: offline load, the plain-module wrapper
 against sentence-transformers' own encode, fidelity and search helpers against brute force, bad input."""
+import copy
 import socket
 
 import pytest
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from helpers.embeddings import (
     SentenceEncoder,
+    after_layernorm,
     cosine_fidelity,
+    encode,
     load_sentence_model,
+    named_linears,
     network_blocked,
+    replace_linears,
     search_top1,
     tokenize,
 )
@@ -46,6 +52,43 @@ def test_loads_offline_and_wrapper_matches_encode(sentence_model):
     assert torch.allclose(ours.norm(dim=1), torch.ones(4), atol=1e-5)
 
 
+def test_encode_is_sentence_transformers_encode_in_fp32_without_a_graph(sentence_model):
+    ours = encode(sentence_model, SENTENCES, batch_size=2)
+    assert ours.dtype == torch.float32 and not ours.requires_grad and ours.is_inference()
+    with torch.no_grad():
+        reference = sentence_model.encode(SENTENCES, convert_to_tensor=True)
+    assert torch.allclose(ours, reference, atol=1e-5)
+    bf16 = copy.deepcopy(sentence_model).to(torch.bfloat16)
+    in_bf16 = encode(bf16, SENTENCES)
+    assert in_bf16.dtype == torch.float32 and cosine_fidelity(reference, in_bf16).min() > 0.99
+
+
+def test_named_linears_replace_linears_and_after_layernorm(sentence_model):
+    linears = named_linears(sentence_model)
+    # 6 per Transformer layer, and the BERT pooler's (whose output mean pooling does not use)
+    assert len(linears) == 37 and all(isinstance(m, nn.Linear) for m in linears.values())
+    smoothable = [n for n in linears if after_layernorm(n)]
+    assert len(smoothable) == 24  # query, key, value and intermediate.dense in each of 6 layers
+    assert not any(n.endswith(("attention.output.dense", ".output.dense")) for n in smoothable)
+    first = next(iter(linears))
+    assert list(named_linears(sentence_model, [first])) == [first]
+    with pytest.raises(ValueError, match=r"names \['nope'\] are not nn.Linear"):
+        named_linears(sentence_model, ["nope", first])
+
+    seen = []
+
+    def make(name, layer):
+        seen.append(name)
+        return nn.Identity() if name == first else layer
+
+    copied = replace_linears(sentence_model, make, names=[first, smoothable[1]])
+    assert seen == [first, smoothable[1]]
+    assert isinstance(copied.get_submodule(first), nn.Identity)
+    assert isinstance(sentence_model.get_submodule(first), nn.Linear)  # the original is untouched
+    assert copied.get_submodule(smoothable[1]) is not sentence_model.get_submodule(smoothable[1])
+    assert len(named_linears(copied)) == 36
+
+
 def test_cosine_fidelity_and_search_against_brute_force():
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(6, 8, generator=g), torch.randn(6, 8, generator=g)
@@ -63,6 +106,8 @@ def test_bad_input(sentence_model):
         SentenceEncoder(sentence_model)(torch.tensor([101, 102]))
     with pytest.raises(ValueError, match="sentences must be a non-empty list"):
         tokenize(sentence_model, "one string")
+    with pytest.raises(ValueError, match="texts must be a non-empty list"):
+        encode(sentence_model, [])
     with pytest.raises(ValueError, match="same shape"):
         cosine_fidelity(torch.zeros(2, 3), torch.zeros(3, 3))
     with pytest.raises(ValueError, match="same width"):
