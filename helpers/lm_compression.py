@@ -403,15 +403,16 @@ def gptq_quantize(weight: torch.Tensor, inputs, bits: int = 4, group_size=128, s
 
         delta_F = -(w_q - quant(w_q)) / [H_F^-1]_qq * (H_F^-1)_{:,q}
 
-    with ``H = 2 X^T X`` over the calibration inputs ``X``. As in the paper, the inverses of all the
-    shrinking ``H_F`` are read from the rows of the upper Cholesky factor of ``H^-1`` (Sec. 3, step 3),
-    after dampening ``H`` by ``damp`` times its mean diagonal. A group's scale and zero point are
-    chosen from the group's weights as updated when its first column is reached (the authors' code).
-    Lazy batch updates (Sec. 3, step 2): within a block of columns (about 128, a whole number of
-    groups, so a group's weights are up to date when its parameters are chosen) the update is
-    applied column by column, to the columns after the block once per block with all its errors:
-    the same update in fewer passes over the weight. ``inputs``: the layer's calibration inputs (a
-    tensor or a list of tensors ``(..., in_features)``); ``damp`` in ``[0, 1]``.
+    with ``H = 2 X^T X`` over the calibration inputs ``X``. As in the paper (its step 3, "Cholesky
+    reformulation"), the inverses of all the shrinking ``H_F`` are read from the rows of the upper
+    Cholesky factor of ``H^-1``, after dampening ``H`` by ``damp`` times its mean diagonal. The
+    paper's step 2, "lazy batch-updates": within a block of columns (about 128, a whole number of
+    groups) the update is applied column by column, to the columns after the block once per block
+    with all its errors; the same update in fewer passes over the weight. A group's scale and zero
+    point are chosen from its weights as updated when its first column is reached. (The authors'
+    ``gptq.py`` reads them from the weights as the earlier blocks left them, which differs for groups
+    smaller than its block of 128.) ``inputs``: the layer's calibration inputs (a tensor or a list of
+    tensors ``(..., in_features)``); ``damp`` in ``[0, 1]``.
     """
     weight = _check_weight(weight)
     damp = check_fraction("damp", damp, allow_one=True)
