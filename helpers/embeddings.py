@@ -10,8 +10,9 @@ silently fetching something.
 Fidelity of a compressed encoder is measured against the fp32 one on the same sentences: the
 cosine similarity of each pair of embeddings (:func:`cosine_fidelity`), and whether a semantic
 search (nearest document by cosine similarity, :func:`search_top1`) returns the same document.
-:func:`encode` embeds texts for measuring; :func:`named_linears` and :func:`replace_linears` find
-and swap the encoder's ``nn.Linear`` layers in a copy, which the Transformer chapters compress.
+:func:`encode` embeds texts for measuring; :func:`named_linears`, :func:`replace_linears` and
+:func:`with_linear_weights` find the encoder's ``nn.Linear`` layers and swap them, or their weights,
+in a copy: what the Transformer chapters compress.
 """
 from __future__ import annotations
 
@@ -147,6 +148,24 @@ def replace_linears(model: nn.Module, make, names: Sequence[str] | None = None) 
     for name, layer in named_linears(model, names).items():
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, make(name, layer))
+    return model
+
+
+def with_linear_weights(model: nn.Module, weight_of, names: Sequence[str] | None = None) -> nn.Module:
+    """A deep copy of ``model`` whose :func:`named_linears` weights are ``weight_of(name, linear)``.
+
+    ``weight_of`` receives the copy's layer and returns a tensor of its weight's shape (a pruned,
+    quantized or read-back weight, say); biases and every other parameter are copied unchanged,
+    and ``model`` is left as it was. ``ValueError`` if a returned weight has another shape.
+    """
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, layer in named_linears(model, names).items():
+            weight = weight_of(name, layer)
+            if weight.shape != layer.weight.shape:
+                raise ValueError(f"weight_of({name!r}) has shape {tuple(weight.shape)}, "
+                                 f"the layer's weight {tuple(layer.weight.shape)}")
+            layer.weight.copy_(weight)
     return model
 
 

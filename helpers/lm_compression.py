@@ -31,7 +31,6 @@ and the codes are computed with the rounded scale, so the bytes counted are the 
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -39,7 +38,7 @@ import torch
 from torch import nn
 
 from helpers._checks import check_fraction, check_int, get_submodule
-from helpers.embeddings import named_linears, search_top1
+from helpers.embeddings import search_top1, with_linear_weights
 
 SCALE_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -186,14 +185,14 @@ def quantize_linear_weights(model: nn.Module, quantize, names=None) -> tuple[nn.
     ``names`` limits the layers (default: every ``nn.Linear``). Returns the copy and the stored bytes
     of the quantized layers (:meth:`GroupQuantized.stored_bytes`, biases included in fp32).
     """
-    model = copy.deepcopy(model)
-    total = 0
-    with torch.no_grad():
-        for name, layer in named_linears(model, names).items():
-            result = quantize(name, layer)
-            layer.weight.copy_(result.weight)
-            total += result.stored_bytes(bias=layer.bias is not None)
-    return model, total
+    stored = {}
+
+    def weight_of(name, layer):
+        result = quantize(name, layer)
+        stored[name] = result.stored_bytes(bias=layer.bias is not None)
+        return result.weight
+
+    return with_linear_weights(model, weight_of, names), sum(stored.values())
 
 
 def recall_at_1(query_embeddings: torch.Tensor, document_embeddings: torch.Tensor) -> float:
@@ -283,7 +282,9 @@ def magnitude_prune(weight: torch.Tensor, sparsity=0.5) -> tuple[torch.Tensor, t
 
 
 def wanda_scores(weight: torch.Tensor, inputs) -> torch.Tensor:
-    """Wanda's importance of every weight (Sun et al. 2024, Eq. 1): ``S_ij = |W_ij| * ||X_j||_2``.
+    """Wanda's importance of every weight (Sun et al. 2024): ``S_ij = |W_ij| * ||X_j||_2``.
+
+    The paper's words: "the product of its magnitude and the corresponding input feature norm".
 
     ``X`` are the layer's calibration inputs (a tensor or a list of tensors ``(..., in_features)``),
     and ``||X_j||_2`` the norm of input feature ``j`` over all their tokens (:func:`input_norms`).
@@ -406,9 +407,9 @@ def gptq_quantize(weight: torch.Tensor, inputs, bits: int = 4, group_size=128, s
     with ``H = 2 X^T X`` over the calibration inputs ``X``. As in the paper (its step 3, "Cholesky
     reformulation"), the inverses of all the shrinking ``H_F`` are read from the rows of the upper
     Cholesky factor of ``H^-1``, after dampening ``H`` by ``damp`` times its mean diagonal. The
-    paper's step 2, "lazy batch-updates": within a block of columns (about 128, a whole number of
-    groups) the update is applied column by column, to the columns after the block once per block
-    with all its errors; the same update in fewer passes over the weight. A group's scale and zero
+    paper's step 2, "lazy batch-updates" (its Eqs. 4-5): within a block of columns (about 128, a
+    whole number of groups) the update is applied column by column, to the columns after the block
+    once per block with all its errors; the same update in fewer passes over the weight. A group's scale and zero
     point are chosen from its weights as updated when its first column is reached. (The authors'
     ``gptq.py`` reads them from the weights as the earlier blocks left them, which differs for groups
     smaller than its block of 128.) ``inputs``: the layer's calibration inputs (a tensor or a list of

@@ -19,6 +19,7 @@ from helpers.embeddings import (
     replace_linears,
     search_top1,
     tokenize,
+    with_linear_weights,
 )
 
 SENTENCES = ["How do I quantize a model?", "Pruning removes weights.", "Distillation trains a small student.",
@@ -87,6 +88,18 @@ def test_named_linears_replace_linears_and_after_layernorm(sentence_model):
     assert isinstance(sentence_model.get_submodule(first), nn.Linear)  # the original is untouched
     assert copied.get_submodule(smoothable[1]) is not sentence_model.get_submodule(smoothable[1])
     assert len(named_linears(copied)) == 36
+
+
+def test_with_linear_weights_sets_weights_in_a_copy_only(sentence_model):
+    names = list(named_linears(sentence_model))[:2]
+    copied = with_linear_weights(sentence_model, lambda name, layer: torch.zeros_like(layer.weight), names)
+    for name, layer in named_linears(copied).items():
+        original = sentence_model.get_submodule(name)
+        assert torch.equal(layer.bias, original.bias)
+        assert (layer.weight == 0).all() == (name in names)
+        assert original.weight.abs().sum() > 0  # the original is untouched
+    with pytest.raises(ValueError, match=r"has shape \(3,\), the layer's weight \(384, 384\)"):
+        with_linear_weights(sentence_model, lambda name, layer: torch.zeros(3), names)
 
 
 def test_cosine_fidelity_and_search_against_brute_force():
