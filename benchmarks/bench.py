@@ -16,7 +16,10 @@ can quote them:
 - transfer learning (chapters/03_algorithms/transfer.ipynb): MNIST -> scikit-learn digits with 10
   labels per class, the four recipes of :data:`helpers.transfer.RECIPES` (:func:`helpers.transfer.run_recipe`);
 - the end-to-end pipeline of the applications chapter (:func:`helpers.budget.budget_pipeline`: the
-  baseline distilled into CNN(8, 16), conv2 pruned to 6 channels, int8 pt2e), with its own recipe.
+  baseline distilled into CNN(8, 16), conv2 pruned to 6 channels, int8 pt2e), with its own recipe;
+- the speed of chapters/10_transformer_adapt.ipynb's 3-layer student of all-MiniLM-L6-v2 against the
+  6-layer encoder, eager and compiled, on 8 test documents (:func:`encoder_rows`; the chapter itself
+  times them eager only, because compiling both would cost it about 30 seconds).
 
 How the figures are reported:
 
@@ -26,13 +29,14 @@ How the figures are reported:
   call, interleaved) at batch 1 and batch 256, repeated in ``blocks``; a speed-up is
   ``median(reference) / median(model)`` within one block, reported as the median over blocks with
   the smallest and largest block as its spread. References: fp32 eager and fp32 compiled
-  (:func:`helpers.measure.compile_for_inference`) for the CNN, the teacher for distillation.
+  (:func:`helpers.measure.compile_for_inference`) for the CNN, the teacher for distillation, the
+  6-layer encoder eager and compiled for the student encoder.
   Timed models come from the first seed (a model's speed does not depend on its seed).
 
 The Markdown tables go to stdout and everything (machine, CPU, threads, versions, date, every
 figure with its spread) to a JSON file, ``_build/bench/bench.json`` by default.
-``--quick`` keeps every step but shrinks budgets and repeats so the whole run takes about a
-minute; its numbers show that the pipeline works, not what the techniques achieve.
+``--quick`` keeps every step but shrinks budgets and repeats so the whole run takes a minute or
+two; its numbers show that the pipeline works, not what the techniques achieve.
 """
 from __future__ import annotations
 
@@ -55,6 +59,9 @@ from torch import nn
 from helpers.budget import budget_pipeline
 from helpers.data import load_digits, load_mnist, make_loader
 from helpers.distillation import distill, transfer_set
+from helpers.docstrings import load_docstring_pairs
+from helpers.embeddings import SentenceEncoder, load_sentence_model, tokenize
+from helpers.lm_adaptation import shallow_student
 from helpers.measure import compile_for_inference, count_parameters, latencies, machine_info, size_bytes
 from helpers.models import MLP
 from helpers.noise import int8_kernels
@@ -108,6 +115,11 @@ PIPELINE_STEPS = {"distilled": "2. distilled student, eager", "pruned": "3. + co
                   "int8": "4. + int8 (pt2e), compiled"}
 # The rows of the distillation table.
 TEACHER, ALONE, DISTILLED = "teacher MLP(1200, 1200)", "student MLP(800, 800) alone", "student MLP(800, 800) distilled"
+
+# The rows of the encoder table.
+ENCODER, STUDENT_ENCODER = "all-MiniLM-L6-v2 (6 layers)", "student (3 layers)"
+ENCODER_TEXTS = 8           # test documents per call, as chapter 10 times them
+STUDENT_LAYERS = (0, 2, 4)  # speed does not depend on which 3 layers, nor on their weights
 
 UNSTRUCTURED_SPARSITY = 0.9
 PRUNED_WEIGHTS = ["conv1.weight", "conv2.weight", "fc1.weight"]
@@ -332,6 +344,30 @@ def time_rows(rows: list[Series], inputs: dict[int, torch.Tensor], references: d
     return timings
 
 
+def encoder_rows(effort: Effort) -> dict:
+    """The 6-layer encoder and a 3-layer student (:func:`helpers.lm_adaptation.shallow_student`),
+    each eager and compiled, timed together on ``ENCODER_TEXTS`` test documents cut to 128 tokens.
+
+    The student is not distilled: distillation changes its weights, not its work, so its speed is
+    that of chapter 10's distilled student.
+    """
+    teacher = load_sentence_model()
+    teacher.max_seq_length = 128  # as in chapters 09-11
+    student = shallow_student(teacher, STUDENT_LAYERS)
+    ids = tokenize(teacher, load_docstring_pairs("test").documents[:ENCODER_TEXTS])
+    models, sizes = {}, {}
+    for name, encoder in ((ENCODER, teacher), (STUDENT_ENCODER, student)):
+        models[f"{name}, eager"] = SentenceEncoder(encoder).eval()
+        models[f"{name}, compiled"] = compile_for_inference(SentenceEncoder(copy.deepcopy(encoder)), ids)
+        sizes[f"{name}, eager"] = sizes[f"{name}, compiled"] = (count_parameters(encoder), size_bytes(encoder))
+    references = {"eager": f"{ENCODER}, eager", "compiled": f"{ENCODER}, compiled"}
+    timing = time_models(models, ids, references, effort)
+    torch._dynamo.reset()
+    return {"texts": ENCODER_TEXTS, "token_ids": list(ids.shape), "student_layers": list(STUDENT_LAYERS),
+            "rows": [{"model": name, "parameters": sizes[name][0], "size_bytes": sizes[name][1],
+                      "latency": asdict(timing[name])} for name in models]}
+
+
 # ----------------------------------------------------------------------------------------------
 # The benchmark
 # ----------------------------------------------------------------------------------------------
@@ -378,6 +414,8 @@ def run(seeds: int = 3, effort: Effort = Effort(), mode: str = "full") -> dict:
     cnn_timing = time_rows(list(cnn.values()), inputs, {"fp32 eager": FP32, "fp32 compiled": FP32_COMPILED}, effort)
     _log("timing the MLPs")
     kd_timing = time_rows(list(kd.values()), inputs, {"teacher": TEACHER}, effort)
+    _log("timing the sentence encoder and its 3-layer student (compiling first)")
+    encoder = encoder_rows(effort)
 
     fp32_sizes = cnn[FP32].size_bytes
     cnn_json = [{
@@ -419,6 +457,7 @@ def run(seeds: int = 3, effort: Effort = Effort(), mode: str = "full") -> dict:
                      "defaults": {k: v.default for k, v in inspect.signature(budget_pipeline).parameters.items()
                                   if v.default is not inspect.Parameter.empty and k != "teacher"},
                      "epochs": effort.pipeline_arguments()},
+        "encoder": encoder,
         "seconds": time.perf_counter() - started,
     }
 
@@ -444,11 +483,12 @@ CNN_HEADER = ["Technique", "Model", "Test accuracy", "Size vs fp32", "Nonzero we
               "b1 vs fp32 eager", "b1 vs fp32 compiled", "b256 vs fp32 eager", "b256 vs fp32 compiled"]
 KD_HEADER = ["Model", "Test accuracy", "Parameters", "Size vs teacher", "b1 vs teacher", "b256 vs teacher"]
 TRANSFER_HEADER = ["Recipe (10 labels per class)", "Test accuracy"]
+ENCODER_HEADER = ["Encoder", "Parameters", "Median ms", "vs 6 layers eager", "vs 6 layers compiled"]
 
 
 def markdown(results: dict) -> str:
     """The results (as :func:`run` returns them or bench.json holds them) as Markdown: the CNN table,
-    the distillation table and the transfer table, each with its caption."""
+    the distillation, transfer and encoder tables, each with its caption."""
     m = results["machine"]
     seeds = len(results["seeds"])
     p = results["pipeline"]
@@ -489,6 +529,13 @@ def markdown(results: dict) -> str:
             "Minus scratch, paired by seed: " + ", ".join(
                 f"{r} {100 * g['mean']:+.1f} ± {100 * g['std']:.1f}" for r, g in tr["paired_gain_vs_scratch"].items())
             + " points.", ""]
+    enc = results["encoder"]
+    out += [f"Sentence encoder, {enc['texts']} test documents per call (token ids {tuple(enc['token_ids'])}), and a "
+            f"student keeping layers {tuple(enc['student_layers'])} (chapter 10; its speed does not depend on "
+            "which layers, or on distillation). Speed-up: t(6 layers) / t(model), median over blocks [min, max].", ""]
+    out += [_table(ENCODER_HEADER, [[r["model"], f"{r['parameters']:,}", f"{r['latency']['median_ms']:.1f}",
+                                     _ratio(r["latency"]["speedup"]["eager"]),
+                                     _ratio(r["latency"]["speedup"]["compiled"])] for r in enc["rows"]]), ""]
     return "\n".join(out)
 
 

@@ -22,7 +22,7 @@ CNN_ROWS = [(bench.FP32, "baseline"), (bench.FP32_COMPILED, "baseline"), (bench.
             (bench.INT8_PT2E, "quantization"), (bench.INT8_QAT, "quantization"), (bench.SPARSE, "pruning"),
             (bench.SPARSE_COMPILED, "pruning"), (bench.CHANNELS, "pruning"), (bench.CHANNELS_COMPILED, "pruning")]
 TOP_LEVEL_KEYS = {"mode", "date", "machine", "cpu", "threads", "torch", "seeds", "budget", "batch_sizes",
-                  "fp32_size_bytes", "cnn", "distillation", "transfer", "pipeline", "seconds"}
+                  "fp32_size_bytes", "cnn", "distillation", "transfer", "pipeline", "encoder", "seconds"}
 
 
 def _table(stdout: str, header: list[str]) -> list[list[str]]:
@@ -50,8 +50,8 @@ def _check_stat(stat: dict, low: float = 0.0, high: float = float("inf")) -> Non
     assert all(low <= v <= high for v in stat["values"]) and low <= stat["mean"] <= high
 
 
-def _check_latency(latency: dict, references: set[str]) -> None:
-    assert set(latency) == {"1", "256"}
+def _check_latency(latency: dict, references: set[str], batches=frozenset({"1", "256"})) -> None:
+    assert set(latency) == batches
     for batch, timing in latency.items():
         assert timing["batch_size"] == int(batch)
         assert 0 < timing["p10_ms"] <= timing["median_ms"] <= timing["p90_ms"]
@@ -77,6 +77,9 @@ def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
     assert len(kd) == 3 and kd[0][0].startswith("teacher")
     transfer = _table(done.stdout, bench.TRANSFER_HEADER)
     assert [row[0] for row in transfer] == ["scratch", "linear probe", "fine-tune", "LP-FT"]
+    encoder = _table(done.stdout, bench.ENCODER_HEADER)
+    assert [row[0] for row in encoder] == [f"{name}, {how}" for name in (bench.ENCODER, bench.STUDENT_ENCODER)
+                                           for how in ("eager", "compiled")]
 
     results = json.loads(out.read_text())
     assert set(results) == TOP_LEVEL_KEYS
@@ -109,6 +112,15 @@ def test_quick_benchmark_prints_tables_and_writes_well_formed_json(tmp_path):
     assert set(results["transfer"]["paired_gain_vs_scratch"]) == {"linear probe", "fine-tune", "LP-FT"}
     for gain in results["transfer"]["paired_gain_vs_scratch"].values():
         _check_stat(gain, -1.0, 1.0)
+    encoder = results["encoder"]
+    assert encoder["texts"] == encoder["token_ids"][0] == bench.ENCODER_TEXTS
+    assert encoder["student_layers"] == list(bench.STUDENT_LAYERS)
+    parameters = [row["parameters"] for row in encoder["rows"]]
+    # the student keeps the embedding table and half the Transformer layers
+    assert parameters[0] == parameters[1] > parameters[2] == parameters[3] > parameters[0] / 2
+    for row in encoder["rows"]:
+        assert row["size_bytes"] > 0
+        _check_latency({str(row["latency"]["batch_size"]): row["latency"]}, {"eager", "compiled"}, batches={"8"})
     assert results["seconds"] > 0
 
 
